@@ -1,0 +1,3 @@
+from fastccreid.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The ``fastccreid`` command line: train, eval, eval-features, synth, bench, demo.
+
+Each subcommand's flags are declared here; the work lives in the module named in its ``run`` call, imported
+only when that subcommand runs, so ``fastccreid --help`` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DATASETS = ("ltcc", "prcc", "celeb", "market1501", "msmt17", "deepchange", "last", "vcclothes")
+PROTOCOLS = ("market", "ltcc-general", "ltcc-cc", "prcc", "celeb", "cuhk03")
+SYNTH_LAYOUTS = DATASETS
+BENCH_SUITES = ("kernels", "eval", "pipeline", "train", "all")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like HxW (e.g. 128x64), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
+    return h, w
+
+
+def add_seed_arguments(p: argparse.ArgumentParser) -> None:
+    """The seed's utils/arguments.py flags, unchanged (names, defaults, meanings)."""
+    g = p.add_argument_group("data (seed flags)")
+    g.add_argument("-d", "--dataset", type=str, default="ltcc", choices=DATASETS)
+    g.add_argument("--dataset_root", type=str, default="data", help="root path to data directory")
+    g.add_argument("--dataset_filename", type=str, default="LTCC-reID", help="dataset folder under --dataset_root")
+    g.add_argument("--height", type=int, default=384, help="height of an image")
+    g.add_argument("--width", type=int, default=192, help="width of an image")
+    g.add_argument("--horizontal_flip_pro", type=float, default=0.5, help="probability of a horizontal flip")
+    g.add_argument("--pad_size", type=int, default=10, help="zero padding before the random crop")
+    g.add_argument("--random_erasing_pro", type=float, default=0.5, help="probability of random erasing")
+    g.add_argument("--split_id", type=int, default=0, help="split index (kept for seed compatibility)")
+    g.add_argument("--train_batch", default=32, type=int, help="train batch size (P x K)")
+    g.add_argument("--test_batch", default=128, type=int, help="test batch size")
+    g.add_argument("-j", "--num_workers", default=8, type=int, help="number of data loading workers")
+    g.add_argument("--num_instances", type=int, default=8, help="number of instances per identity (K)")
+
+    g = p.add_argument_group("optimisation (seed flags)")
+    g.add_argument("--start_epoch", default=0, type=int, help="manual epoch number (useful on restarts)")
+    g.add_argument("--max_epoch", default=120, type=int, help="maximum epochs to run")
+    g.add_argument("--margin", type=_margin, default=0.3, help="triplet margin; 'none' for the soft margin")
+    g.add_argument("--lr", default=0.0003, type=float, help="initial learning rate")
+    g.add_argument("--warm_up_factor", default=0.1, type=float, help="warm-up start factor")
+    g.add_argument("--warm_up_method", default="linear", type=str, choices=["constant", "linear"])
+    g.add_argument("--warm_up_epochs", default=10, type=int, help="epochs of warm-up")
+    g.add_argument("--step_milestones", default=[30, 60], nargs="*", type=int, help="epochs where lr decays")
+    g.add_argument("--gamma", default=0.1, type=float, help="learning rate decay")
+    g.add_argument("--weight_decay", default=5e-04, type=float, help="weight decay")
+    g.add_argument("--weight_decay_bias", default=0.0005, type=float, help="kept for seed compatibility (unused)")
+    g.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to resume or evaluate")
+    g.add_argument("--use_cpu", action="store_true", help="use cpu")
+    g.add_argument("--gpu_devices", default="0", type=str, help="gpu device ids for CUDA_VISIBLE_DEVICES")
+    g.add_argument("--seed", type=int, default=666, help="manual seed")
+    g.add_argument("--evaluate", action="store_true", help="evaluation only")
+    g.add_argument("--print_train_info_epoch_freq", type=int, default=5, help="print train info every N epochs")
+    g.add_argument("--start_eval_epoch", type=int, default=0, help="evaluate only after this epoch")
+    g.add_argument("--eval_epoch", type=int, default=5, help="evaluate every N epochs (-1: only at the end)")
+    g.add_argument("--reranking", action="store_true", help="k-reciprocal re-ranking at evaluation")
+    g.add_argument("--save_dir", type=str, default="log")
+    g.add_argument("--save_checkpoint", action="store_true", help="save model checkpoints")
+    g.add_argument("--tri_start_epoch", type=int, default=35, help="epoch after which the triplet loss is used")
+
+
+def _margin(text: str) -> float | None:
+    if text.lower() in ("none", "soft"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--margin must be a number or 'none', got {text!r}") from None
+
+
+def add_fast_arguments(p: argparse.ArgumentParser) -> None:
+    """fastccreid's own training/evaluation flags (on top of the seed's)."""
+    g = p.add_argument_group("fastccreid")
+    g.add_argument("--pretrained", default="imagenet", metavar="{imagenet,none,PATH}",
+                   help="backbone weights: torchvision ImageNet (cache/download), none, or a local file")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision: auto = bf16 where supported (this CPU included), fp16+GradScaler else")
+    g.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off on CPU unless it measurably wins)")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for the model and inputs")
+    g.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
+                   help="input pipeline: DALI when it imports (auto), or the torchvision DataLoader")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="warn about and skip unreadable images instead of stopping")
+    g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
+                   help="kernel backend (also FASTCCREID_BACKEND)")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
+    g.add_argument("--save_features", default="", metavar="FILE",
+                   help="with --evaluate/eval: write query and gallery features (eval-features .npz format)")
+    g.add_argument("--max_steps_per_epoch", type=int, default=0,
+                   help="cap the batches per epoch (0: the whole epoch); for quick runs and tests")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastccreid",
+        description="Fast, faithful CSSC cloth-changing person re-identification.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train CSSC (the seed's main.py flags, unchanged)",
+                       description="Train CSSC; every flag of the seed's main.py works unchanged.")
+    add_seed_arguments(p)
+    add_fast_arguments(p)
+
+    p = sub.add_parser("eval", help="evaluate a saved or official checkpoint (the seed's --evaluate)",
+                       description="Evaluate a checkpoint: same as `train --evaluate --resume CKPT`.")
+    add_seed_arguments(p)
+    add_fast_arguments(p)
+
+    p = sub.add_parser("eval-features", help="CMC / mAP / mINP from saved query and gallery features",
+                       description="Evaluate saved features. Files: .npz with keys feats, pids, camids[, clothes]; "
+                                   ".pt holding a dict with the same keys; or .npy features with a sibling "
+                                   "<name>.labels.npz holding pids, camids[, clothes].")
+    p.add_argument("query", help="query features file")
+    p.add_argument("gallery", help="gallery features file")
+    p.add_argument("--protocol", default="market", choices=PROTOCOLS)
+    p.add_argument("--max-rank", dest="max_rank", type=int, default=50)
+    p.add_argument("--json", dest="json_out", default="", metavar="OUT", help="also write the result as JSON")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="use raw features (default: L2-normalise, as the seed)")
+    p.add_argument("--reranking", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="feature precision for the distance screening (results stay exact with fp32)")
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout",
+                       description="Procedural people: identity cues persist across outfits, clothes change, "
+                                   "cameras change background and lighting. Deterministic for a seed.")
+    p.add_argument("--layout", required=True, choices=SYNTH_LAYOUTS)
+    p.add_argument("--root", required=True, help="folder to write the dataset into")
+    p.add_argument("--ids", type=int, default=40, help="number of identities")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clothes", type=int, default=3, help="outfits per identity")
+    p.add_argument("--cams", type=int, default=4, help="number of cameras")
+    p.add_argument("--images-per", dest="images_per", type=int, default=2,
+                   help="images per (identity, outfit, camera) drawn")
+    p.add_argument("--size", type=_size, default=(128, 64), metavar="HxW", help="image size")
+
+    p = sub.add_parser("bench", help="fast vs reference benchmarks (kernels, eval, pipeline, train)")
+    p.add_argument("suite", choices=BENCH_SUITES)
+    p.add_argument("--quick", action="store_true", help="small sizes; `all` finishes within 10 minutes on 2 cores")
+    p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="write rows as JSON")
+    p.add_argument("--out", default="", metavar="DIR", help="also write a markdown table and PNG plots")
+
+    p = sub.add_parser("demo", help="synthetic LTCC -> train CSSC -> evaluate, in minutes on a CPU")
+    p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, plots)")
+    p.add_argument("--ids", type=int, default=24, help="synthetic identities")
+    p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the demo's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--use_cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "train":
+        from fastccreid.engine.trainer import run_train
+
+        return run_train(args)
+    if cmd == "eval":
+        from fastccreid.engine.trainer import run_train
+
+        args.evaluate = True
+        return run_train(args)
+    if cmd == "eval-features":
+        from fastccreid.features_io import run_eval_features
+
+        return run_eval_features(args)
+    if cmd == "synth":
+        from fastccreid.data.synth import run_synth
+
+        return run_synth(args)
+    if cmd == "bench":
+        from fastccreid.bench import run_bench
+
+        return run_bench(args)
+    if cmd == "demo":
+        from fastccreid.demo import run_demo
+
+        return run_demo(args)
+    raise ValueError(f"unknown command {cmd!r}")  # argparse already restricts the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())
