@@ -1,0 +1,150 @@
+"""``fastccreid bench kernels``: the distance and triplet kernels, fast vs the seed's formulation, D=2048.
+
+Cases (one "fast" and one "reference" row each):
+- ``triplet B=<B>``: batch-hard triplet loss forward + backward at training sizes B = 32, 64, 256, 512
+  (P x K = B/4 x 4); reference = ``euclidean_dist`` + ``hard_example_mining`` + MarginRankingLoss, as the seed.
+- ``pdist B=<B>``: the [B, B] training distance; reference = the seed's addmm ``euclidean_dist``.
+- ``pdist eval 493x7050``: LTCC-sized query x gallery euclidean distances.
+Each row carries the median wall time, process peak RSS, and in ``extra`` the peak RSS growth during one call
+(``peak_rss_delta_bytes``, measured by resetting the kernel's high-water mark) plus, on CUDA, the peak of allocated
+device memory. Quick mode (< 60 s on 2 cores): B = 32 and 256, and the LTCC-sized distance.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from fastccreid.bench import BenchRow, peak_rss_bytes
+from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance
+from fastccreid.reference.losses import TripletLoss, euclidean_dist
+
+D = 2048
+TRIPLET_SIZES = (32, 64, 256, 512)
+QUICK_TRIPLET_SIZES = (32, 256)
+EVAL_SIZE = (493, 7050)
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_delta(fn: Callable[[], object]) -> int | None:
+    """Peak RSS growth of the process during one ``fn()`` call (Linux: resets VmHWM via /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS")
+    fn()
+    after = _status_bytes("VmHWM")
+    if before is None or after is None:
+        return None
+    return max(0, after - before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per function, running them in turn each round (fair under a fluctuating machine load)."""
+    for fn in fns.values():
+        fn()
+        _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _rows(case: str, fns: dict[str, Callable[[], object]], items: int, repeats: int, device: torch.device,
+          extra: dict | None = None) -> list[BenchRow]:
+    med = interleaved_medians(fns, repeats, device)
+    rows = []
+    for path, fn in fns.items():
+        info = dict(extra or {})
+        info["peak_rss_delta_bytes"] = peak_rss_delta(fn)
+        info["cuda_peak_alloc_bytes"] = _cuda_peak(fn, device)
+        info["threads"] = torch.get_num_threads()
+        rows.append(BenchRow(suite="kernels", case=case, path=path, median_s=med[path],
+                             items_per_s=items / med[path] if med[path] > 0 else 0.0,
+                             peak_rss_bytes=peak_rss_bytes(), repeats=repeats, items=items, extra=info))
+    return rows
+
+
+def triplet_case(b: int, device: torch.device, repeats: int, seed: int = 0) -> list[BenchRow]:
+    """Forward + backward of the batch-hard triplet loss (margin 0.3) on a P x 4 batch of B random features."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, D, generator=gen).to(device).requires_grad_()
+    labels = torch.arange(b // 4, device=device).repeat_interleave(4)
+    ref = TripletLoss(0.3)
+
+    def reference():
+        x.grad = None
+        ref(x, labels).backward()
+
+    def fast():
+        x.grad = None
+        batch_hard_triplet_loss(x, labels, margin=0.3).backward()
+
+    return _rows(f"triplet fwd+bwd B={b} D={D}", {"fast": fast, "reference": reference}, b, repeats, device)
+
+
+def pdist_case(m: int, n: int, device: torch.device, repeats: int, seed: int = 0) -> list[BenchRow]:
+    """Euclidean distance [M, N] (forward only), ours vs the seed's addmm ``euclidean_dist``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, D, generator=gen).to(device)
+    y = x if m == n else torch.randn(n, D, generator=gen).to(device)
+    flops = 2.0 * m * n * D
+    extra = {"flops": flops}
+    if device.type == "cuda":
+        extra["cublas_s"] = interleaved_medians({"mm": lambda: x @ y.t()}, repeats, device)["mm"]
+    rows = _rows(f"pdist euclidean {m}x{n} D={D}",
+                 {"fast": lambda: pairwise_distance(x, y, "euclidean"), "reference": lambda: euclidean_dist(x, y)},
+                 m * n, repeats, device, extra)
+    if device.type == "cuda":
+        for r in rows:
+            r.extra["fraction_of_cublas_flop_rate"] = extra["cublas_s"] / r.median_s
+    return rows
+
+
+def run(quick: bool) -> list[BenchRow]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = QUICK_TRIPLET_SIZES if quick else TRIPLET_SIZES
+    repeats = int(os.environ.get("FASTCCREID_BENCH_REPEATS", 15 if quick else 30))
+    rows: list[BenchRow] = []
+    for b in sizes:
+        rows += triplet_case(b, device, repeats)
+    for b in sizes:
+        rows += pdist_case(b, b, device, repeats)
+    rows += pdist_case(*EVAL_SIZE, device, max(3, repeats // 5))
+    return rows

@@ -1,0 +1,168 @@
+"""Triton kernel for batch-hard mining: one program per block of anchor rows, streaming over column blocks.
+
+For each column block the K loop builds the Gram tile with ``tl.dot`` (fp32 accumulation, IEEE for fp32 inputs)
+and both rows' squared norms from the same loads; the epilogue forms the clamped squared distance, compares labels
+in registers and folds the block into running (max, argmax) over positives and (min, argmin) over negatives, masked
+with ±inf via ``tl.where``. No [B, B] distance or mask ever reaches memory. Ties keep the lowest column index
+(``tl.argmax`` / ``tl.argmin`` tie-break left, strict improvement across blocks), as the torch path.
+
+Registered as ``fastccreid::batch_hard_mining`` (``torch.library.triton_op``) with the torch twin as its CPU
+kernel and the pair-gather backward as its autograd. Imported only when the Triton path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from fastccreid.kernels._backend import triton_interpret
+from fastccreid.kernels.pairwise_distance import SQ_FLOOR
+from fastccreid.kernels.triplet import mine_torch, mining_backward
+
+
+def _dot_fp32(dtype: torch.dtype) -> bool:
+    """bf16 ``tl.dot`` gives wrong results in the Triton interpreter (triton 3.x): there, upcast tiles to fp32."""
+    return dtype == torch.bfloat16 and triton_interpret()
+
+
+def _configs() -> list[triton.Config]:
+    if triton_interpret():
+        # the interpreter runs every config it is given: one small config keeps CPU tests fast
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+    ]
+
+
+@triton.autotune(configs=_configs(), key=["B", "K", "IEEE"])
+@triton.jit
+def _batch_hard_kernel(
+    x_ptr, lab_ptr, d_ap_ptr, d_an_ptr, pos_ptr, neg_ptr, same_ptr, B, K, stride_xm, stride_xk,
+    IEEE: tl.constexpr, DOT_FP32: tl.constexpr, SQ_FLOOR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rm = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # int64: row * stride must not overflow
+    m_ok = rm < B
+    rk = tl.arange(0, BLOCK_K)
+    lab_m = tl.load(lab_ptr + rm, mask=m_ok, other=0)
+
+    best_p = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_n = tl.full((BLOCK_M,), float("inf"), tl.float32)
+    idx_p = tl.full((BLOCK_M,), -1, tl.int64)
+    idx_n = tl.full((BLOCK_M,), -1, tl.int64)
+    n_same = tl.zeros((BLOCK_M,), tl.int64)
+
+    for n0 in range(0, B, BLOCK_N):
+        rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        n_ok = rn < B
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        xsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        ysq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            a = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :] * stride_xk,
+                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(x_ptr + rn[None, :] * stride_xm + kk[:, None] * stride_xk,
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            af = a.to(tl.float32)
+            bf = b.to(tl.float32)
+            xsq += tl.sum(af * af, axis=1)
+            ysq += tl.sum(bf * bf, axis=0)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            elif DOT_FP32:
+                acc = tl.dot(af, bf, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        s = tl.maximum((xsq[:, None] + ysq[None, :]) - 2.0 * acc, SQ_FLOOR)
+        # an anchor's distance to itself is exactly the floor (as the torch path), not sqrt of rounding noise
+        s = tl.where(rm[:, None] == rn[None, :], SQ_FLOOR, s)
+
+        lab_n = tl.load(lab_ptr + rn, mask=n_ok, other=0)
+        same = (lab_m[:, None] == lab_n[None, :]) & n_ok[None, :]
+        diff = (lab_m[:, None] != lab_n[None, :]) & n_ok[None, :]
+        n_same += tl.sum(same.to(tl.int64), axis=1)
+
+        pos = tl.where(same, s, float("-inf"))
+        blk_max = tl.max(pos, axis=1)
+        arg_max = tl.argmax(pos, axis=1, tie_break_left=True).to(tl.int64) + n0
+        better = blk_max > best_p  # strict: an earlier block keeps its tie
+        best_p = tl.where(better, blk_max, best_p)
+        idx_p = tl.where(better, arg_max, idx_p)
+
+        neg = tl.where(diff, s, float("inf"))
+        blk_min = tl.min(neg, axis=1)
+        arg_min = tl.argmin(neg, axis=1, tie_break_left=True).to(tl.int64) + n0
+        better = blk_min < best_n
+        best_n = tl.where(better, blk_min, best_n)
+        idx_n = tl.where(better, arg_min, idx_n)
+
+    tl.store(d_ap_ptr + rm, tl.sqrt(best_p), mask=m_ok)
+    tl.store(d_an_ptr + rm, tl.sqrt(best_n), mask=m_ok)
+    tl.store(pos_ptr + rm, idx_p, mask=m_ok)
+    tl.store(neg_ptr + rm, idx_n, mask=m_ok)
+    tl.store(same_ptr + rm, n_same, mask=m_ok)
+
+
+def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
+    """Launch the kernel: x [B, D] (fp32 / fp16 / bf16), labels [B] int64 -> d_ap, d_an fp32, pos, neg, n_same."""
+    b, k = x.shape
+    dev = x.device
+    d_ap = torch.empty(b, dtype=torch.float32, device=dev)
+    d_an = torch.empty(b, dtype=torch.float32, device=dev)
+    pos = torch.empty(b, dtype=torch.int64, device=dev)
+    neg = torch.empty(b, dtype=torch.int64, device=dev)
+    n_same = torch.empty(b, dtype=torch.int64, device=dev)
+
+    def grid(meta):
+        return (triton.cdiv(b, meta["BLOCK_M"]),)
+
+    wrap_triton(_batch_hard_kernel)[grid](
+        x, labels, d_ap, d_an, pos, neg, n_same, b, k, x.stride(0), x.stride(1),
+        IEEE=x.dtype == torch.float32, DOT_FP32=_dot_fp32(x.dtype), SQ_FLOOR=SQ_FLOOR,
+    )
+    return d_ap, d_an, pos, neg, n_same
+
+
+@triton_op("fastccreid::batch_hard_mining", mutates_args=())
+def batch_hard_mining_op(
+    x: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_ap, d_an, pos_idx, neg_idx, n_same) for x [B, D] and int64 labels [B]."""
+    return batch_hard_mining_launch(x, labels)
+
+
+@batch_hard_mining_op.register_kernel("cpu")
+def _batch_hard_mining_cpu(x: torch.Tensor, labels: torch.Tensor):
+    d_ap, d_an, pos, neg, n_same = mine_torch(x, labels)
+    return d_ap.float(), d_an.float(), pos, neg, n_same
+
+
+@batch_hard_mining_op.register_fake
+def _batch_hard_mining_fake(x: torch.Tensor, labels: torch.Tensor):
+    # shape-only kernel for tracing: the launcher itself cannot run on fake tensors under TRITON_INTERPRET=1
+    b = x.shape[0]
+    f32 = x.new_empty((b,), dtype=torch.float32)
+    i64 = x.new_empty((b,), dtype=torch.int64)
+    return f32, f32.clone(), i64, i64.clone(), i64.clone()
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, _ = inputs
+    d_ap, d_an, pos, neg, _ = output
+    ctx.save_for_backward(x, d_ap, d_an, pos, neg)
+
+
+def _backward(ctx, g_ap, g_an, _g_pos, _g_neg, _g_same):
+    x, d_ap, d_an, pos, neg = ctx.saved_tensors
+    return mining_backward(g_ap, g_an, x, d_ap, d_an, pos, neg), None
+
+
+batch_hard_mining_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,205 @@
+"""Pairwise distance [M, N] between the rows of x [M, D] and y [N, D]: euclidean, squared euclidean or cosine.
+
+One matmul plus row norms, in fp32 whatever the input precision (fp32 / fp16 / bf16; fp64 stays fp64 on the torch
+path, for gradcheck). ``euclidean`` is the seed's ``sqrt(clamp(|x|^2 + |y|^2 - 2 x·y, 1e-12))``; ``cosine`` is
+``1 - x̂·ŷ`` with norms clamped at 1e-12. Differentiable: a custom autograd.Function whose backward is two matmuls
+(no autograd graph over the [M, N] intermediates). The Triton kernel (``_pairwise_distance_triton``) is imported only
+when the Triton path runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastccreid.kernels._backend import resolve_backend
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+METRIC_CODES = {"sqeuclidean": 0, "euclidean": 1, "cosine": 2}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SQ_FLOOR = 1e-12  # the seed's clamp of the squared distance before sqrt
+NORM_EPS = 1e-12  # cosine: row norms clamped here (as F.normalize)
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_features(x, name: str, *, finite: bool = True) -> torch.Tensor:
+    """Validate a [N, D] float feature matrix (N, D > 0, finite); raise ValueError/TypeError naming ``name``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(x.shape)}")
+    # data-dependent check, skipped while torch.compile traces (it would break the graph). aminmax is one
+    # reduction pass without a [N, D] temporary (NaN propagates into it, Inf shows as an extreme)
+    if finite and not _is_compiling():
+        lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def gram(xf: torch.Tensor) -> torch.Tensor:
+    """x xᵀ [B, B] from 3/4 of the matmul FLOPs: the symmetric off-diagonal block is computed once (B >= 64)."""
+    b = xf.shape[0]
+    if b < 64:
+        return xf @ xf.t()
+    h = b // 2
+    left = xf @ xf[:h].t()  # [B, h]: columns 0..h-1 of every row
+    low = xf[h:] @ xf[h:].t()  # [B-h, B-h]
+    return torch.cat([left, torch.cat([left[h:].t(), low], dim=0)], dim=1)
+
+
+def _check_norms(sq: torch.Tensor, name: str) -> None:
+    # a NaN / Inf feature makes its squared norm NaN / Inf: checking [N] norms replaces a pass over [N, D]
+    if not _is_compiling() and not bool(torch.isfinite(sq).all()):
+        raise ValueError(f"{name} contains NaN or Inf (or values whose squares overflow)")
+
+
+def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: bool = False) -> torch.Tensor:
+    """The vectorised CPU twin (no autograd): the seed's addmm form, one [M, N] buffer updated in place.
+
+    For y is x (a batch against itself) the Gram is computed once per symmetric block and its diagonal gives the
+    norms, so self-distances are exactly 0 (euclidean: the 1e-6 floor). ``check_finite`` raises ValueError on a
+    NaN / Inf input, detected from the row norms."""
+    dt = _compute_dtype(x, y)
+    xf = x.to(dt)
+    yf = xf if y is x else y.to(dt)
+    if metric == "cosine":
+        nx = xf.norm(dim=1, keepdim=True)
+        ny = nx if y is x else yf.norm(dim=1, keepdim=True)
+        if check_finite:
+            _check_norms(nx, "x")
+            _check_norms(ny, "y")
+        xn = xf / nx.clamp(min=NORM_EPS)
+        yn = xn if y is x else yf / ny.clamp(min=NORM_EPS)
+        return torch.addmm(torch.ones((), dtype=dt, device=x.device), xn, yn.t(), beta=1, alpha=-1)
+    if y is x:
+        d = gram(xf)
+        xx = d.diagonal().clone()
+        if check_finite:
+            _check_norms(xx, "x")
+        d = d.mul_(-2.0).add_(xx[:, None]).add_(xx[None, :])
+    else:
+        xx = (xf * xf).sum(1)
+        yy = (yf * yf).sum(1)
+        if check_finite:
+            _check_norms(xx, "x")
+            _check_norms(yy, "y")
+        d = (xx[:, None] + yy[None, :]).addmm_(xf, yf.t(), beta=1, alpha=-2)
+    if metric == "euclidean":
+        d = d.clamp_(min=SQ_FLOOR).sqrt_()
+    return d
+
+
+def distance_backward(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, metric: str, need_x: bool, need_y: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``distance(x, y)`` w.r.t. x [M, D] and y [N, D] given grad [M, N]: two matmuls, no graph.
+
+    Where the seed's clamp is active (squared distance below 1e-12) the euclidean gradient is zero, as autograd of
+    ``clamp(min).sqrt()`` gives."""
+    dt = d.dtype
+    xf, yf = x.to(dt), y.to(dt)
+    g = grad.to(dt)
+    gx = gy = None
+    if metric == "cosine":
+        nx = xf.norm(dim=1, keepdim=True)
+        ny = yf.norm(dim=1, keepdim=True)
+        xn, yn = xf / nx.clamp(min=NORM_EPS), yf / ny.clamp(min=NORM_EPS)
+        if need_x:
+            gxn = -(g @ yn)
+            # backward of x / max(|x|, eps): project out the radial part where the norm is not clamped
+            radial = torch.where(nx > NORM_EPS, (gxn * xn).sum(1, keepdim=True), torch.zeros_like(nx))
+            gx = (gxn - radial * xn) / nx.clamp(min=NORM_EPS)
+        if need_y:
+            gyn = -(g.t() @ xn)
+            radial = torch.where(ny > NORM_EPS, (gyn * yn).sum(1, keepdim=True), torch.zeros_like(ny))
+            gy = (gyn - radial * yn) / ny.clamp(min=NORM_EPS)
+    else:
+        if metric == "euclidean":
+            floor = torch.tensor(SQ_FLOOR, dtype=dt).sqrt().item()
+            # d(sqrt s)/ds = 1 / (2 d); zero where the clamp held s at its floor
+            g = torch.where(d > floor, g * 0.5 / d, torch.zeros((), dtype=dt, device=d.device))
+        if need_x:
+            gx = 2.0 * (g.sum(1, keepdim=True) * xf - g @ yf)
+        if need_y:
+            gy = 2.0 * (g.sum(0)[:, None] * yf - g.t() @ xf)
+    return (gx.to(x.dtype) if gx is not None else None), (gy.to(y.dtype) if gy is not None else None)
+
+
+class PairwiseDistanceFunction(torch.autograd.Function):
+    """Torch path: forward by ``distance_torch``, backward by ``distance_backward`` (saves x, y and d only)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+        d = distance_torch(x, y, metric, check_finite=True)
+        ctx.save_for_backward(x, y, d)
+        ctx.metric = metric
+        return d
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y, d = ctx.saved_tensors
+        gx, gy = distance_backward(grad, x, y, d, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gx, gy, None
+
+
+class TritonPairwiseDistanceFunction(torch.autograd.Function):
+    """Triton kernel called directly (CPU tensors under TRITON_INTERPRET=1); same backward as the torch path."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+        from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_launch
+
+        d = pairwise_distance_launch(x, y, METRIC_CODES[metric])
+        ctx.save_for_backward(x, y, d)
+        ctx.metric = metric
+        return d
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y, d = ctx.saved_tensors
+        gx, gy = distance_backward(grad, x, y, d, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gx, gy, None
+
+
+def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto") -> torch.Tensor:
+    """Distances [M, N] (fp32; fp64 for fp64 input) between rows of x [M, D] and y [N, D] (y=None: y = x).
+
+    ``metric``: euclidean (the seed's clamp(1e-12).sqrt() form) | sqeuclidean | cosine (1 - cosine similarity).
+    ``backend``: auto | triton | torch (see ``fastccreid.kernels._backend``). fp64 input always takes the torch
+    path. Differentiable w.r.t. x and y on every path.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    check_features(x, "x", finite=False)
+    if y is None:
+        y = x
+    else:
+        check_features(y, "y", finite=False)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same number of columns, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    chosen = resolve_backend(backend, x, y)
+    if chosen == "triton" and x.dtype != torch.float64 and y.dtype != torch.float64:
+        check_features(x, "x")
+        if y is not x:
+            check_features(y, "y")
+        if x.is_cuda:
+            from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_op
+
+            return pairwise_distance_op(x, y, METRIC_CODES[metric])
+        return TritonPairwiseDistanceFunction.apply(x, y, metric)
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return PairwiseDistanceFunction.apply(x, y, metric)
+    return distance_torch(x, y, metric, check_finite=True)  # no graph wanted: skip the autograd node

@@ -1,0 +1,283 @@
+"""pairwise_distance: parity with the seed's euclidean_dist and plain formulas, dtypes, gradients, validation,
+torch.compile, and the Triton kernel under TRITON_INTERPRET=1 (in a subprocess, so triton is imported there only).
+
+Tolerances: fp32 vs the reference 1e-5 relative + 1e-5 absolute (one matmul, different summation order); fp16 / bf16
+inputs are compared with the fp32 result on the same (upcast) values, since both paths compute in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fastccreid.kernels import pairwise_distance
+from fastccreid.reference.losses import euclidean_dist
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def _plain(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    """Independent oracle in float64: explicit differences, no matmul identity."""
+    x64, y64 = x.double(), y.double()
+    sq = ((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1)
+    if metric == "sqeuclidean":
+        return sq
+    if metric == "euclidean":
+        return sq.clamp(min=1e-12).sqrt()
+    xn = x64 / x64.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    yn = y64 / y64.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return 1 - xn @ yn.t()
+
+
+@pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 13, 5), (33, 65, 129), (70, 70, 17)])
+def test_euclidean_matches_reference(m, n, d):
+    gen = torch.Generator().manual_seed(m * 1000 + n + d)
+    x, y = torch.randn(m, d, generator=gen), torch.randn(n, d, generator=gen)
+    out = pairwise_distance(x, y, backend="torch")
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    torch.testing.assert_close(out, euclidean_dist(x, y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("m,n,d", [(5, 9, 3), (31, 17, 64)])
+def test_metrics_match_plain_formula(metric, m, n, d):
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(m, d, generator=gen) * 3, torch.randn(n, d, generator=gen)
+    torch.testing.assert_close(pairwise_distance(x, y, metric, backend="torch").double(), _plain(x, y, metric),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_self_distance_y_none_and_symmetric_gram(metric):
+    # B >= 64 takes the symmetric-block Gram; ties: duplicated rows must give exactly equal columns
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(90, 40, generator=gen)
+    x[10] = x[3]
+    out = pairwise_distance(x, metric=metric, backend="torch")
+    torch.testing.assert_close(out.double(), _plain(x, x, metric), rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(out, out.t(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[3], out[10])
+    if metric == "euclidean":
+        assert torch.all(out.diagonal() == torch.tensor(1e-12).sqrt())
+    torch.testing.assert_close(pairwise_distance(x, x, metric, backend="torch"), out, rtol=1e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", METRICS)
+def test_half_inputs_computed_in_fp32(dtype, metric):
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(23, 37, generator=gen).to(dtype), torch.randn(11, 37, generator=gen).to(dtype)
+    out = pairwise_distance(x, y, metric, backend="torch")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, pairwise_distance(x.float(), y.float(), metric, backend="torch"),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_half_inputs_with_large_values_do_not_overflow():
+    # squared norms of these rows (~1e6) overflow fp16 (max 65504); the fp32 computation stays finite
+    x = torch.full((4, 64), 200.0, dtype=torch.float16)
+    y = torch.full((3, 64), -150.0, dtype=torch.float16)
+    out = pairwise_distance(x, y, "euclidean", backend="torch")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.full((4, 3), 350.0 * 8), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradcheck_float64(metric):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: pairwise_distance(a, b, metric, backend="torch"), (x, y))
+    z = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: pairwise_distance(a, a, metric, backend="torch").triu(1), (z,))
+
+
+def test_euclidean_gradient_matches_reference_autograd_including_clamp():
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(9, 16, generator=gen)
+    base[4] = base[1]  # a zero distance: the clamp holds it at the floor, autograd gives zero gradient there
+    up = torch.randn(9, 9, generator=gen)
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    (pairwise_distance(a, a, backend="torch") * up).sum().backward()
+    (euclidean_dist(b, b) * up).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_dtype_follows_input_and_inputs_untouched():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 12, generator=gen).bfloat16().requires_grad_()
+    y = torch.randn(5, 12, generator=gen)
+    x0, y0 = x.detach().clone(), y.clone()
+    pairwise_distance(x, y, backend="torch").sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    assert torch.equal(x.detach(), x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,match",
+    [
+        ((torch.randn(3, 4), torch.randn(3, 5)), {}, "same number of columns"),
+        ((torch.randn(0, 4), torch.randn(3, 4)), {}, "at least one row"),
+        ((torch.randn(3, 4), torch.randn(0, 4)), {}, "at least one row"),
+        ((torch.randn(4),), {}, "2-D"),
+        ((torch.ones(3, 4, dtype=torch.int64),), {}, "float32"),
+        ((torch.randn(3, 4),), {"metric": "manhattan"}, "metric must be one of"),
+        ((torch.randn(3, 4),), {"backend": "cuda"}, "backend must be one of"),
+    ],
+)
+def test_bad_input_raises_value_error(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pairwise_distance(*args, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("metric", METRICS)
+def test_nan_inf_rejected(bad, metric):
+    x = torch.randn(5, 6)
+    x[2, 3] = bad
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        pairwise_distance(x, torch.randn(4, 6), metric, backend="torch")
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        pairwise_distance(torch.randn(4, 6), x, metric, backend="torch")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pairwise_distance(x.requires_grad_(), metric=metric, backend="torch")
+
+
+def test_not_a_tensor_is_type_error():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pairwise_distance([[1.0, 2.0]])
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        pairwise_distance(torch.randn(3, 4), backend="triton")
+
+
+def test_import_does_not_import_triton():
+    code = (
+        "import sys, torch\n"
+        "import fastccreid.kernels as k\n"
+        "x = torch.randn(5, 4, requires_grad=True)\n"
+        "k.pairwise_distance(x, x, 'cosine').sum().backward()\n"
+        "k.batch_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1, 2])).backward()\n"
+        "print('triton' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTCCREID_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_torch_compile_fullgraph_torch_path():
+    """torch.compile sees through the torch path (custom autograd.Function) without a graph break."""
+    torch._dynamo.reset()
+
+    def f(a, b):
+        return pairwise_distance(a, b, "euclidean", backend="torch").sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, generator=gen, requires_grad=True)
+    y = torch.randn(5, 8, generator=gen)
+    out = compiled(x, y)
+    out.backward()
+    x2 = x.detach().clone().requires_grad_()
+    f(x2, y).backward()
+    torch.testing.assert_close(out, f(x2, y))
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triton kernel under the interpreter (one subprocess; TRITON_INTERPRET must be set before triton is imported)
+
+_TRITON_SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from fastccreid.kernels import pairwise_distance
+    res = {}
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(37, 50, generator=gen).to(dtype)
+        y = torch.randn(21, 50, generator=gen).to(dtype)
+        for metric in ("euclidean", "sqeuclidean", "cosine"):
+            a = pairwise_distance(x, y, metric, backend="triton")
+            b = pairwise_distance(x, y, metric, backend="torch")
+            scale = float(b.abs().max())
+            res[f"fwd/{dtype}/{metric}"] = [str(a.dtype), float((a - b).abs().max()) / scale]
+    # gradients through the Triton forward (shared backward) vs the torch path
+    xx = torch.randn(19, 33, generator=gen, requires_grad=True)
+    yy = torch.randn(23, 33, generator=gen, requires_grad=True)
+    g = torch.randn(19, 23, generator=gen)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        ga = torch.autograd.grad((pairwise_distance(xx, yy, metric, backend="triton") * g).sum(), [xx, yy])
+        gb = torch.autograd.grad((pairwise_distance(xx, yy, metric, backend="torch") * g).sum(), [xx, yy])
+        res[f"grad/{metric}"] = max(float((p - q).abs().max()) for p, q in zip(ga, gb))
+    # strided (non-contiguous) input
+    big = torch.randn(40, 66, generator=gen)
+    xs = big[:, ::2]
+    ref = pairwise_distance(xs, metric="sqeuclidean", backend="torch")
+    res["strided"] = float((pairwise_distance(xs, metric="sqeuclidean", backend="triton") - ref).abs().max()
+                           / ref.abs().max())
+    # the registered op: CPU kernel, autograd and torch.compile(fullgraph) see through it
+    import fastccreid.kernels._pairwise_distance_triton  # noqa: F401  (registers fastccreid::pairwise_distance)
+    op = torch.ops.fastccreid.pairwise_distance
+    xa = xx.detach().clone().requires_grad_()
+    d = op(xa, yy.detach(), 1)
+    (d * g).sum().backward()
+    gref = torch.autograd.grad((pairwise_distance(xx, yy.detach(), backend="torch") * g).sum(), [xx])[0]
+    res["op/fwd"] = float((d - pairwise_distance(xx, yy, backend="torch")).abs().max())
+    res["op/grad"] = float((xa.grad - gref).abs().max())
+    # dynamo-level check (backend eager): AOT decomposition of a triton_op would run the interpreter on fakes
+    comp = torch.compile(lambda a, b: op(a, b, 0).sum(), fullgraph=True, backend="eager")
+    res["op/compiled"] = float((comp(xx, yy) - pairwise_distance(xx, yy, "sqeuclidean", backend="torch").sum())
+                               .abs())
+    print("RESULT" + json.dumps(res))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def triton_results():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
+    env.pop("FASTCCREID_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", ["torch.float32", "torch.float16", "torch.bfloat16"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_triton_forward_matches_torch(triton_results, dtype, metric):
+    out_dtype, rel = triton_results[f"fwd/{dtype}/{metric}"]
+    assert out_dtype == "torch.float32"
+    assert rel < 1e-5
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("metric", METRICS)
+def test_triton_gradients_match_torch(triton_results, metric):
+    assert triton_results[f"grad/{metric}"] < 1e-4
+
+
+@pytest.mark.triton
+def test_triton_strided_input(triton_results):
+    assert triton_results["strided"] < 1e-5
+
+
+@pytest.mark.triton
+def test_registered_op_cpu_kernel_autograd_and_compile(triton_results):
+    assert triton_results["op/fwd"] < 1e-5
+    assert triton_results["op/grad"] < 1e-5
+    assert triton_results["op/compiled"] < 1e-2
