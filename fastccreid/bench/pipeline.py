@@ -1,0 +1,94 @@
+"""``fastccreid bench pipeline``: training input throughput (decode + augment, output 384 x 192), images/s.
+
+Both rows end at the same thing: a normalised float [32, 3, 384, 192] train batch on the model's device.
+Fast row: ``build_train_loader(loader="dali")`` + ``to_model_input``, with ``num_threads`` = the worker count. On a
+GPU, DALI decodes with ``device="mixed"`` and ships uint8 that ``to_model_input`` normalises there; on a CPU-only
+machine DALI normalises inside its own threads (cheaper than in the training thread). ``extra`` also has our torch
+fallback loader (``--loader torch``, same end point: ``torch_fallback_img_per_s``).
+Reference row: the seed's DataLoader (``fastccreid.reference.dataloader``: PIL + torchvision transform producing
+normalised float per image in the workers, the seed's sampler) with the same worker count.
+Each timed run is one full epoch of the synthetic training set, including the per-epoch worker / pipeline start-up
+both designs pay; the paths alternate run by run so that load from other processes falls on each alike. Cases:
+Celeb-reID-like 128 x 256 (W x H) JPEGs and LTCC-like PNGs of the same size.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from fastccreid.bench import BenchRow, peak_rss_bytes
+
+WORKERS = 2
+OUT_H, OUT_W = 384, 192
+CASES = {"celeb-jpeg-128x256": "celeb", "ltcc-png-128x256": "ltcc"}
+
+
+def _epoch_fn(loader, finish):
+    """One epoch of ``loader``, calling ``finish`` on each batch; returns the image count."""
+
+    def run() -> int:
+        n = 0
+        for batch in loader:
+            finish(batch)
+            n += len(batch) if not isinstance(batch, list) else batch[0].shape[0]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return n
+    return run
+
+
+def _interleaved(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, list[float]]:
+    """Run each epoch function once untimed, then ``repeats`` rounds alternating between them, so that load from
+    other processes on a shared machine hits every path alike; returns the times per path."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def run(quick: bool) -> list[BenchRow]:
+    from fastccreid.data import build_dataset
+    from fastccreid.data.loaders import build_train_loader, to_model_input
+    from fastccreid.data.synth import make_synthetic
+    from fastccreid.reference.dataloader import build_reference_loaders
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ids = 16 if quick else 40  # half are training identities; 2 outfits x 4 cameras x 4 images each
+    repeats = 3 if quick else 5
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="fastccreid-bench-pipeline-") as tmp:
+        for case, layout in CASES.items():
+            root = make_synthetic(layout, os.path.join(tmp, layout), ids=ids, seed=0, clothes=2, cams=4,
+                                  images_per=4, size=(256, 128))
+            ds = build_dataset(layout, root)
+            common = dict(height=OUT_H, width=OUT_W, batch_size=32, num_instances=4, seed=0, device=device,
+                          num_workers=WORKERS)
+            fast = build_train_loader(ds.train, loader="dali", **common)
+            fallback = build_train_loader(ds.train, loader="torch", **common)
+            ref = build_reference_loaders(ds, height=OUT_H, width=OUT_W, train_batch=32, num_instances=4,
+                                          num_workers=WORKERS, use_gpu=device.type == "cuda").train
+            n_fast, n_ref = len(fast) * 32, len(ref) * 32
+            times = _interleaved({
+                "fast": _epoch_fn(fast, to_model_input),
+                "reference": _epoch_fn(ref, lambda b: b[0].to(device)),
+                "torch": _epoch_fn(fallback, to_model_input),
+            }, repeats)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            extra = {"workers": WORKERS, "device": str(device), "train_images": len(ds.train),
+                     "torch_fallback_img_per_s": n_fast / med["torch"]}
+            rows.append(BenchRow("pipeline", case, "fast", med["fast"], n_fast / med["fast"], peak_rss_bytes(),
+                                 repeats, n_fast, extra))
+            rows.append(BenchRow("pipeline", case, "reference", med["reference"], n_ref / med["reference"],
+                                 peak_rss_bytes(), repeats, n_ref, {"workers": WORKERS, "device": str(device)}))
+    return rows

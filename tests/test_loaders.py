@@ -1,0 +1,291 @@
+"""Input pipeline, torch path: parity with the seed's transforms, augmentation statistics vs the reference, P x K
+batches that are exactly the sampler's epoch, determinism, eval order, bad-image handling, image formats."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T  # noqa: N812
+from torchvision.transforms import functional as TF  # noqa: N812
+
+from fastccreid.data.loaders import Batch, build_eval_loader, build_train_loader, choose_loader, to_model_input
+from fastccreid.data.records import ImageRecord
+from fastccreid.data.sampler import IdentitySampler
+from fastccreid.data.transforms import BadImageError, sample_aug_params
+from fastccreid.reference.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, build_test_transform
+
+H, W, PAD = 48, 24, 4
+
+
+def _image(seed: int, h: int = 40, w: int = 20) -> np.ndarray:
+    """A random but smooth-ish RGB image (so resize differences stay small)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def make_records(root, ids: int = 6, per_id: int = 5, fmt: str = "jpg") -> list[ImageRecord]:
+    os.makedirs(root, exist_ok=True)
+    recs = []
+    for pid in range(ids):
+        for n in range(per_id):
+            path = os.path.join(root, f"{pid:03d}_{n}.{fmt}")
+            Image.fromarray(_image(pid * 100 + n)).save(path, quality=95) if fmt == "jpg" else \
+                Image.fromarray(_image(pid * 100 + n)).save(path)
+            recs.append(ImageRecord(path, pid, n % 2, n % 3))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return make_records(str(tmp_path_factory.mktemp("imgs")))
+
+
+def _ref_normalize(pil: Image.Image) -> torch.Tensor:
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(TF.to_tensor(pil))
+
+
+def test_to_model_input_normalizes_and_erases_exactly():
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (3, 8, 6, 3), dtype=torch.uint8, generator=g)
+    before = u8.clone()
+    boxes = torch.tensor([[1, 2, 3, 2], [0, 0, 0, 0], [0, 0, 8, 6]], dtype=torch.int32)
+    x = to_model_input(Batch(u8, *(torch.zeros(3, dtype=torch.int64),) * 4, False, boxes))
+    assert torch.equal(u8, before)  # input not modified
+    assert x.shape == (3, 3, 8, 6) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.stack([_ref_normalize(Image.fromarray(a.numpy())) for a in u8])
+    ref[0, :, 1:4, 2:4] = 0
+    ref[2] = 0
+    assert (x - ref).abs().max().item() < 1e-5
+    assert torch.all(x[0, :, 1:4, 2:4] == 0) and torch.all(x[2] == 0)
+    # CHW uint8 in, contiguous out; float passes through.
+    y = to_model_input(u8.permute(0, 3, 1, 2).contiguous(), channels_last=False)
+    assert y.is_contiguous() and (y - torch.stack([_ref_normalize(Image.fromarray(a.numpy())) for a in u8])
+                                  ).abs().max() < 1e-5
+    assert torch.equal(to_model_input(ref, channels_last=False), ref)
+    with pytest.raises(TypeError):
+        to_model_input(u8.numpy())
+
+
+def test_choose_loader_checks_and_reasons():
+    assert choose_loader("torch", "cpu") == ("torch", "--loader torch")
+    backend, reason = choose_loader("auto", "cpu")
+    assert backend in ("dali", "torch") and reason.startswith("--loader auto")
+    with pytest.raises(ValueError, match="auto, dali, torch"):
+        choose_loader("fast", "cpu")
+
+
+def test_torch_eval_matches_reference_test_transform(records):
+    loader = build_eval_loader(records, height=H, width=W, batch_size=7, loader="torch", num_workers=0)
+    batches = list(loader)
+    assert [len(b) for b in batches] == [7, 7, 7, 7, 2]  # the last partial batch kept
+    idx = torch.cat([b.indices for b in batches])
+    assert idx.tolist() == list(range(len(records)))
+    x = torch.cat([to_model_input(b) for b in batches])
+    ref = torch.stack([build_test_transform(H, W)(Image.open(r.path).convert("RGB")) for r in records])
+    assert (x - ref).abs().max().item() < 1e-5  # the same PIL decode + resize: float rounding only
+    assert torch.equal(torch.cat([b.pids for b in batches]), torch.tensor([r.pid for r in records]))
+    assert torch.equal(torch.cat([b.clothes_ids for b in batches]), torch.tensor([r.clothes_id for r in records]))
+
+
+def _apply_reference(path: str, flip: int, dy: int, dx: int, box) -> torch.Tensor:
+    """The seed's train transform with given parameters: Resize -> flip -> Pad -> crop -> normalise -> erase 0."""
+    img = Image.open(path).convert("RGB").resize((W, H), Image.BILINEAR)
+    if flip:
+        img = TF.hflip(img)
+    img = TF.crop(TF.pad(img, PAD), dy, dx, H, W)
+    x = _ref_normalize(img)
+    y0, x0, h, w = box
+    x[:, y0:y0 + h, x0:x0 + w] = 0
+    return x
+
+
+@pytest.mark.parametrize("in_loader", [True, False])  # float finished in the workers (CPU run) / uint8 out (GPU)
+def test_torch_train_equals_reference_ops_with_drawn_params(records, in_loader):
+    loader = build_train_loader(records, height=H, width=W, batch_size=8, num_instances=4, seed=3, loader="torch",
+                                num_workers=0, pad=PAD, erase_p=0.7)
+    loader.normalize_in_loader = in_loader
+    loader.set_epoch(2)
+    batches = list(loader)
+    order = IdentitySampler([r.pid for r in records], 8, 4, seed=3).epoch_indices(2)
+    params = sample_aug_params(3, 2, np.arange(len(order)), H, W, PAD, 0.5, 0.7)
+    x = torch.cat([to_model_input(b, channels_last=False) for b in batches])
+    for pos, idx in enumerate(order):
+        ref = _apply_reference(records[idx].path, params.flip[pos], *params.crop[pos], params.erase[pos])
+        assert (x[pos] - ref).abs().max().item() < 1e-5, pos
+
+
+def test_train_batches_are_the_samplers_epoch_pk_and_repeat(records):
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=5, loader="torch", num_workers=0, pad=PAD)
+    loader = build_train_loader(records, **kw)
+    loader.normalize_in_loader = False  # the accelerator form: uint8 out
+    sampler = IdentitySampler([r.pid for r in records], 8, 4, seed=5)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader) == len(sampler.epoch_indices(epoch)) // 8
+        assert torch.cat([b.indices for b in batches]).tolist() == sampler.epoch_indices(epoch)
+        for b in batches:
+            counts = torch.bincount(b.pids)
+            assert sorted(counts[counts > 0].tolist()) == [4, 4]  # P=2 identities x K=4
+            assert b.images.shape == (8, H, W, 3) and b.images.dtype == torch.uint8 and not b.normalized
+    again = build_train_loader(records, **kw)
+    again.normalize_in_loader = False
+    again.set_epoch(1)
+    first = list(again)
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.erase_boxes, b.erase_boxes)
+               for a, b in zip(first, batches, strict=True))
+    # Workers do not change the result (parameters are per position, not per worker).
+    w1 = build_train_loader(records, **{**kw, "num_workers": 1})  # normalising in the worker this time
+    w1.set_epoch(1)
+    assert all(torch.equal(to_model_input(a), to_model_input(b)) for a, b in zip(w1, batches, strict=True))
+
+
+def test_rank_shards_union_is_the_global_batch(records):
+    kw = dict(height=H, width=W, batch_size=8, num_instances=2, seed=1, loader="torch", num_workers=0, pad=PAD)
+    full = list(build_train_loader(records, **kw))
+    shards = [list(build_train_loader(records, rank=r, world_size=2, **kw)) for r in (0, 1)]
+    for g, a, b in zip(full, *shards, strict=True):
+        assert torch.equal(torch.cat([a.indices, b.indices]), g.indices)
+        assert torch.equal(torch.cat([a.images, b.images]), g.images)
+
+
+def _ks_stat(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def test_augmentation_statistics_match_the_reference():
+    """Flip rate, crop offsets, erase rate and erased-area distribution vs the seed's torchvision/RandomErasing draws
+    at 384 x 192, pad 10 (two-sample tests at the 1e-3 level)."""
+    n, h, w, pad = 2500, 384, 192, 10
+    ours = sample_aug_params(7, 0, np.arange(n), h, w, pad, 0.5, 0.5)
+    torch.manual_seed(0)
+    random.seed(0)
+    flips = np.array([float(torch.rand(1) < 0.5) for _ in range(n)])
+    crops = np.array([T.RandomCrop.get_params(torch.empty(1, h + 2 * pad, w + 2 * pad), (h, w))[:2]
+                      for _ in range(n)])
+    eraser = RandomErasing(0.5, mean=[0.0, 0.0, 0.0])
+    ref_boxes = []
+    t = torch.ones(1, h, w)
+    arr = t.numpy()  # numpy view for the bookkeeping: many tiny torch ops are slow on a busy 2-core machine
+    for _ in range(n):
+        arr.fill(1.0)
+        eraser(t)
+        zero = arr[0] == 0
+        ref_boxes.append((int(zero.any(1).sum()), int(zero.any(0).sum())))  # the erased box's (h, w)
+    ref_boxes = np.array(ref_boxes)
+    sd = math.sqrt(0.25 / n) * math.sqrt(2)
+    assert abs(ours.flip.mean() - flips.mean()) < 4 * sd
+    ref_erase = ref_boxes[:, 0] > 0
+    our_erase = ours.erase[:, 2] > 0
+    assert abs(our_erase.mean() - ref_erase.mean()) < 4 * sd
+    ks_crit = 1.95 * math.sqrt(2 / n)  # two-sample KS at alpha = 0.001
+    for axis in (0, 1):
+        assert set(ours.crop[:, axis].tolist()) == set(range(2 * pad + 1))
+        assert _ks_stat(ours.crop[:, axis], crops[:, axis]) < ks_crit
+    area_ours = (ours.erase[our_erase, 2] * ours.erase[our_erase, 3]) / (h * w)
+    area_ref = (ref_boxes[ref_erase, 0] * ref_boxes[ref_erase, 1]) / (h * w)
+    crit = 1.95 * math.sqrt((len(area_ours) + len(area_ref)) / (len(area_ours) * len(area_ref)))
+    assert _ks_stat(area_ours, area_ref) < crit
+    assert 0.015 < area_ours.min() and area_ours.max() < 0.41
+    aspect_ours = ours.erase[our_erase, 2] / ours.erase[our_erase, 3]
+    aspect_ref = ref_boxes[ref_erase, 0] / ref_boxes[ref_erase, 1]
+    assert _ks_stat(aspect_ours, aspect_ref) < crit
+    # Box positions: fully inside the image.
+    e = ours.erase[our_erase]
+    assert (e[:, 0] + e[:, 2] <= h).all() and (e[:, 1] + e[:, 3] <= w).all()
+
+
+def write_formats(root: str) -> list[ImageRecord]:
+    """The same picture as RGB JPEG, grayscale JPEG, RGB PNG, RGBA PNG, palette PNG and grayscale PNG."""
+    os.makedirs(root, exist_ok=True)
+    a = _image(11)
+    imgs = {
+        "rgb.jpg": Image.fromarray(a), "gray.jpg": Image.fromarray(a[..., 0]), "rgb.png": Image.fromarray(a),
+        "rgba.png": Image.fromarray(np.dstack([a, a[..., :1]])), "pal.png": Image.fromarray(a).convert("P"),
+        "gray.png": Image.fromarray(a[..., 1]),
+    }
+    recs = []
+    for i, (name, im) in enumerate(imgs.items()):
+        path = os.path.join(root, name)
+        im.save(path)
+        recs.append(ImageRecord(path, i, 0, 0))
+    return recs
+
+
+@pytest.mark.parametrize("backend", ["torch"])
+def test_image_formats_decode_as_pil_rgb(tmp_path, backend):
+    recs = write_formats(str(tmp_path))
+    (batch,) = list(build_eval_loader(recs, height=H, width=W, batch_size=8, loader=backend, num_workers=0))
+    ref = torch.stack([build_test_transform(H, W)(Image.open(r.path).convert("RGB")) for r in recs])
+    assert (to_model_input(batch) - ref).abs().max().item() < 1e-5
+
+
+def corrupt_copy(records: list[ImageRecord], root: str, which: int) -> tuple[list[ImageRecord], str]:
+    """records with image ``which`` replaced by a truncated copy of itself."""
+    data = open(records[which].path, "rb").read()
+    path = os.path.join(root, "truncated_" + os.path.basename(records[which].path))
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    out = list(records)
+    out[which] = ImageRecord(path, records[which].pid, records[which].camid, records[which].clothes_id)
+    return out, path
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_image_raises_by_name_or_is_skipped(records, tmp_path, workers):
+    bad, path = corrupt_copy(records, str(tmp_path), 7)
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=0, loader="torch", num_workers=workers, pad=PAD)
+    with pytest.raises(BadImageError, match="truncated_"):
+        list(build_train_loader(bad, **kw))
+    if workers:
+        return  # the skipping below runs in-process; the worker case above checks the error crosses processes
+    with pytest.raises(BadImageError, match="truncated_"):
+        list(build_eval_loader(bad, height=H, width=W, loader="torch", num_workers=workers))
+    loader = build_train_loader(bad, skip_bad_images=True, **kw)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        batches = list(loader)
+    assert loader.bad_images == 1 and len(batches) == len(loader)
+    for b in batches:
+        assert 7 not in b.indices.tolist()
+        assert sorted(torch.bincount(b.pids)[torch.bincount(b.pids) > 0].tolist()) == [4, 4]
+    ev = build_eval_loader(bad, height=H, width=W, batch_size=8, loader="torch", num_workers=workers,
+                           skip_bad_images=True)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        got = torch.cat([b.indices for b in ev]).tolist()
+    assert got == [i for i in range(len(bad)) if i != 7] and ev.bad_images == 1
+
+
+def test_builder_input_checks(records):
+    with pytest.raises(ValueError, match="records is empty"):
+        build_train_loader([], loader="torch")
+    with pytest.raises(ValueError, match="--random_erasing_pro"):
+        build_train_loader(records, erase_p=1.5, loader="torch")
+    with pytest.raises(ValueError, match="--loader"):
+        build_eval_loader(records, loader="nvjpeg")
+
+
+def test_box_painting_cpu_loop_equals_accelerator_masks():
+    """The CPU slice-loop and the broadcast-mask version (used on CUDA) paint the same pixels."""
+    from fastccreid.data.transforms import _paint_boxes_loop, _paint_boxes_masked
+
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(4, 3, 12, 8, generator=g).contiguous(memory_format=torch.channels_last)
+    shift = torch.randn(1, 3, 1, 1, generator=g)
+    valid = torch.tensor([[0, 0, 12, 8], [2, 0, 10, 5], [0, 3, 9, 5], [1, 1, 10, 6]], dtype=torch.int32)
+    erase = torch.tensor([[1, 1, 3, 2], [0, 0, 0, 0], [5, 4, 7, 4], [0, 0, 12, 8]], dtype=torch.int32)
+    masked = _paint_boxes_masked(out.clone(), erase, valid, shift)
+    looped = out.clone()
+    _paint_boxes_loop(looped, erase, valid, shift[0])
+    assert torch.equal(masked, looped)
+    assert torch.equal(looped[1, :, :2], shift[0].expand(3, 2, 8)) and torch.all(looped[3] == 0)
