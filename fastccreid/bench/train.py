@@ -1,0 +1,156 @@
+"""``fastccreid bench train``: CSSC train-step throughput, fast path vs the seed's eager fp32 step, same batches.
+
+Fast: AMP (bf16 on this CPU / recent GPUs), channels_last, fused label-smoothed CE over the stacked logits, the
+kernels' fused batch-hard triplet loss, fused Adam, torch.compile where it is the default (CUDA; on CPU it did not
+win). Reference: ``fastccreid.reference.train_step.reference_train_step`` with the seed's CrossEntropyLabelSmooth and
+TripletLoss (eager fp32, contiguous, loss.item() per step). Both include the triplet term (epoch > 35).
+
+Memory: peak memory per image = (peak during the timed steps - memory before them, model and optimizer state
+already allocated) / batch: RSS sampled every 2 ms on CPU, ``max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+from fastccreid.bench import BenchRow, peak_rss_bytes, time_median
+
+NUM_CLASSES = 77  # LTCC's training identities
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakMemory:
+    """Peak memory above the level at entry while the block runs (CPU: sampled RSS; CUDA: allocator peak)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002) -> None:
+        self.device, self.interval = device, interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _current_rss()
+            self._max = self.base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, _current_rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max, _current_rss()) - self.base
+
+
+def _batch(height: int, width: int, batch: int, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    imgs = torch.randn(batch, 3, height, width, generator=gen)
+    k = 4
+    pids = torch.arange(batch // k).repeat_interleave(k) * 7 % NUM_CLASSES
+    return imgs.to(device), pids.to(device)
+
+
+def make_fast_step(device: torch.device, amp_mode: str = "auto", compile_model: bool | None = None,
+                   channels_last: bool = True):
+    """Build a fresh CSSC and return (step(imgs, pids) -> loss, description dict)."""
+    from fastccreid.engine.amp import resolve_amp
+    from fastccreid.engine.loss import cssc_loss
+    from fastccreid.engine.trainer import resolve_compile
+    from fastccreid.models import CSSC
+
+    torch.manual_seed(0)
+    amp = resolve_amp(amp_mode, device)
+    use_compile = resolve_compile(compile_model, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = CSSC(NUM_CLASSES, pretrained=None).to(device).to(memory_format=fmt).train()
+    opt = torch.optim.Adam([{"params": model.parameters(), "initial_lr": 3e-4}], lr=3e-4, weight_decay=5e-4,
+                           fused=True)
+    scaler = amp.grad_scaler()
+    net = torch.compile(model, dynamic=False) if use_compile else model
+
+    def step(imgs: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        x = imgs.contiguous(memory_format=fmt)
+        with amp.autocast():
+            feats, logits = net(x)
+        loss = cssc_loss(feats, logits, pids, use_triplet=True, margin=0.3).total
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    return step, {"amp": amp.name, "compile": use_compile, "channels_last": channels_last}
+
+
+def make_reference_step(device: torch.device):
+    """The seed's step: eager fp32 CSSC, contiguous, CrossEntropyLabelSmooth + TripletLoss, Adam."""
+    from fastccreid.models import CSSC
+    from fastccreid.reference.losses import CrossEntropyLabelSmooth, TripletLoss
+    from fastccreid.reference.train_step import reference_train_step
+
+    torch.manual_seed(0)
+    model = CSSC(NUM_CLASSES, pretrained=None).to(device).train()
+    opt = torch.optim.Adam([{"params": model.parameters(), "initial_lr": 3e-4}], lr=3e-4, weight_decay=5e-4)
+    ce = CrossEntropyLabelSmooth(NUM_CLASSES, epsilon=0.1, use_gpu=device.type == "cuda")
+    tri = TripletLoss(margin=0.3)
+
+    def step(imgs: torch.Tensor, pids: torch.Tensor) -> float:
+        return reference_train_step(model, imgs, pids, opt, ce, tri, epoch=40, tri_start_epoch=35)
+
+    return step
+
+
+def _measure(path: str, step, imgs, pids, device, repeats: int, case: str, extra: dict) -> BenchRow:
+    step(imgs, pids)  # warm-up (allocates optimizer state; compiles when compiled)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+    def once():
+        step(imgs, pids)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with _PeakMemory(device) as mem:
+        median = time_median(once, repeats=repeats, warmup=0)
+    b = imgs.shape[0]
+    extra = {**extra, "peak_mem_per_image_MiB": round(mem.peak / b / 2**20, 2), "batch": b,
+             "device": str(device)}
+    return BenchRow(suite="train", case=case, path=path, median_s=median, items_per_s=b / median,
+                    peak_rss_bytes=peak_rss_bytes(), repeats=repeats, items=b, extra=extra)
+
+
+def run(quick: bool) -> list[BenchRow]:
+    """Train-step rows at 384x192, batch 8 (2 ids x 4): fast first (lower peak), then the reference."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    height, width, batch = 384, 192, 8
+    repeats = 3 if quick else 8
+    case = f"cssc-step-{height}x{width}-b{batch}-{device.type}"
+    imgs, pids = _batch(height, width, batch, device)
+    fast, desc = make_fast_step(device)
+    rows = [_measure("fast", fast, imgs, pids, device, repeats, case, desc)]
+    del fast
+    ref = make_reference_step(device)
+    rows.append(_measure("reference", ref, imgs, pids, device, repeats, case,
+                         {"amp": "fp32", "compile": False, "channels_last": False}))
+    rows[0].extra["speedup"] = round(rows[1].median_s / rows[0].median_s, 2)
+    return rows

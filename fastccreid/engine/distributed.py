@@ -1,0 +1,112 @@
+"""torch.distributed set-up for ``torchrun``: NCCL on CUDA, gloo on CPU; rank-0 helpers and variable-size gathers.
+
+Launch: ``torchrun --nproc_per_node=N -m fastccreid.cli train ...`` (or the ``fastccreid`` script via
+``torchrun --nproc_per_node=N $(which fastccreid) train ...``). torchrun sets RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT; without them this is a single process and nothing is initialised.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process runs: rank / world size (1 when not distributed), local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(use_cpu: bool = False, gpu_devices: str = "0") -> DistContext:
+    """Pick the device (the seed's ``--use_cpu`` / ``--gpu_devices`` rules) and join the process group if torchrun
+    started us. ``--gpu_devices`` becomes CUDA_VISIBLE_DEVICES as in the seed, except under torchrun with the default
+    "0", which would put every rank on one GPU: then the visible devices are left as they are."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1 or gpu_devices != "0":
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_devices
+    use_cuda = torch.cuda.is_available() and not use_cpu
+    if use_cuda:
+        index = local_rank if world_size > 1 else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible "
+                             f"(--gpu_devices {gpu_devices!r})")
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device("cpu")
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                    device_id=device if use_cuda else None)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``t`` over ranks (returns a new tensor; the input is not modified)."""
+    out = t.detach().clone()
+    if ctx.distributed:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def shard_range(n: int, ctx: DistContext) -> tuple[int, int]:
+    """This rank's contiguous slice [lo, hi) of n items; the slices of ranks 0..W-1 tile [0, n) in order."""
+    return n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
+
+
+def gather_rows(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's [n_r, ...] tensor in rank order (n_r may differ): pad to the largest, all_gather,
+    trim. Returned on this rank's device."""
+    if not ctx.distributed:
+        return t
+    comm_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    local = t.to(comm_device).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=comm_device) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=comm_device))
+    counts = [int(s.item()) for s in sizes]
+    biggest = max(counts)
+    padded = torch.zeros((biggest, *local.shape[1:]), dtype=local.dtype, device=comm_device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(t.device)
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """Rank ``src``'s picklable object on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=ctx.device if ctx.backend == "nccl" else None)
+    return box[0]

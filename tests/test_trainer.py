@@ -1,0 +1,242 @@
+"""The training engine on a tiny synthetic LTCC (CPU, 128x32 inputs, random init, 2 steps per epoch): exact resume,
+Ctrl-C save + resume, NaN stop keeping the last good checkpoint, the eval command on saved and official-style
+checkpoints, metrics files, the seed's lr schedule, AMP resolution, and loss parity with the seed's criteria."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from fastccreid.cli import build_parser
+from fastccreid.engine.amp import cpu_supports_bf16, resolve_amp
+from fastccreid.engine.checkpoint import LAST_NAME, load_checkpoint
+from fastccreid.engine.trainer import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, Trainer, run_train
+
+H, W = 128, 32
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    from fastccreid.data.synth import make_synthetic
+
+    root = str(tmp_path_factory.mktemp("synth") / "ltcc")
+    return make_synthetic("ltcc", root, ids=8, seed=0, clothes=2, cams=2, images_per=2, size=(H, W))
+
+
+def make_args(root: str, save_dir: str, *extra: str, command: str = "train"):
+    argv = [command, "--dataset", "ltcc", "--dataset_root", root, "--dataset_filename", "", "--height", str(H),
+            "--width", str(W), "--train_batch", "8", "--num_instances", "4", "--test_batch", "16", "-j", "0",
+            "--pretrained", "none", "--use_cpu", "--no_progress", "--loader", "torch", "--save_dir", save_dir,
+            "--max_steps_per_epoch", "2", "--tri_start_epoch", "0", "--eval_epoch", "-1", "--seed", "1",
+            "--amp", "bf16", *extra]
+    return build_parser().parse_args(argv)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Lines(list):
+    def __call__(self, msg: str = "") -> None:
+        self.append(msg)
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory):
+    """Two epochs in one go: the weights every resumed run must reproduce."""
+    save = str(tmp_path_factory.mktemp("straight"))
+    tr = Trainer(make_args(data_root, save, "--max_epoch", "2"), log=_Lines())
+    assert tr.fit() == EXIT_OK
+    return _params(tr.model), save
+
+
+def test_resume_continues_exactly(data_root, straight, tmp_path):
+    weights, save_straight = straight
+    save = str(tmp_path)
+    first = Trainer(make_args(data_root, save, "--max_epoch", "1", "--save_checkpoint"), log=_Lines())
+    assert first.fit() == EXIT_OK
+    last = os.path.join(save, LAST_NAME)
+    assert load_checkpoint(last)["epoch"] == 0
+    second = Trainer(make_args(data_root, save, "--max_epoch", "2", "--resume", last), log=_Lines())
+    assert second.start_epoch == 1
+    assert second.fit() == EXIT_OK
+    got = _params(second.model)
+    assert got.keys() == weights.keys()
+    for k in weights:
+        assert torch.equal(got[k], weights[k]), k
+    # the seed's per-epoch schedule: warm-up factor 0.1 at epoch 1, 0.19 at epoch 2 (linear over 10 epochs)
+    rows = json.load(open(os.path.join(save_straight, "metrics.json")))["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    np.testing.assert_allclose([r["lr"] for r in rows], [3e-4 * 0.1, 3e-4 * 0.19], rtol=1e-9)
+    assert "general/mAP" in rows[1] and "clothes-changing/mAP" in rows[1]
+    with open(os.path.join(save_straight, "metrics.csv")) as f:
+        assert f.readline().startswith("epoch,lr,id_loss,tri_loss")
+
+
+class _InterruptAt:
+    """Wraps the train loader: sends this process a real SIGINT just before yielding batch ``n``, so the flag is
+    seen when step ``n``'s losses are reduced and the run stops after step ``n``."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.n:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_matches_straight_run(data_root, straight, tmp_path):
+    weights, _ = straight
+    save = str(tmp_path)
+    tr = Trainer(make_args(data_root, save, "--max_epoch", "2"), log=_Lines())
+    tr.train_loader = _InterruptAt(tr.train_loader, n=0)
+    assert tr.fit() == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    last = os.path.join(save, LAST_NAME)
+    ck = load_checkpoint(last)
+    assert ck["epoch"] == -1 and ck["resume_step"] == 1  # stopped after the first step of the first epoch
+    resumed = Trainer(make_args(data_root, save, "--max_epoch", "2", "--resume", last), log=_Lines())
+    assert (resumed.start_epoch, resumed.resume_step) == (0, 1)
+    assert resumed.fit() == EXIT_OK
+    got = _params(resumed.model)
+    for k in weights:
+        assert torch.equal(got[k], weights[k]), k
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
+    save = str(tmp_path)
+    assert Trainer(make_args(data_root, save, "--max_epoch", "1", "--save_checkpoint"), log=_Lines()).fit() == 0
+    last = os.path.join(save, LAST_NAME)
+    before = open(last, "rb").read()
+    lines = _Lines()
+    tr = Trainer(make_args(data_root, save, "--max_epoch", "3", "--save_checkpoint", "--resume", last), log=lines)
+    with torch.no_grad():
+        tr.model.classifier.weight.fill_(float("nan"))
+    assert tr.fit() == EXIT_NONFINITE
+    msg = "\n".join(lines)
+    assert "non-finite loss at epoch 2, step 1" in msg and LAST_NAME in msg
+    assert open(last, "rb").read() == before
+
+
+def test_eval_command_on_saved_and_official_style_checkpoints(data_root, tmp_path, capsys):
+    from fastccreid.features_io import load_features
+
+    save = str(tmp_path / "train")
+    tr = Trainer(make_args(data_root, save, "--max_epoch", "1"), log=_Lines())
+    assert tr.fit() == EXIT_OK
+    trained = tr.last_results
+    ckpt = str(tmp_path / "mine.pth")
+    torch.save(tr.checkpoint_state(0), ckpt)
+    feats = str(tmp_path / "feats.npz")
+    args = make_args(data_root, str(tmp_path / "eval"), "--resume", ckpt, "--save_features", feats, command="eval")
+    args.evaluate = True
+    assert run_train(args) == EXIT_OK
+    log = open(tmp_path / "eval" / "log_test.txt").read()
+    assert "general" in log and "clothes-changing" in log
+    assert f"mAP: {trained['clothes-changing'].mAP:.2%}" in log  # same weights, same numbers
+    g = load_features(str(tmp_path / "feats_gallery.npz"))
+    q = load_features(str(tmp_path / "feats_query.npz"))
+    assert g.feats.shape == (len(tr.dataset.gallery), 2048) and q.feats.shape[0] == len(tr.dataset.query)
+    np.testing.assert_allclose(np.linalg.norm(g.feats, axis=1), 1.0, rtol=1e-5)
+
+    # An official-style file: DataParallel prefix, numpy scalars, no optimizer/scheduler, other class count.
+    official = str(tmp_path / "official.pth")
+    sd = {f"module.{k}": v for k, v in tr.model.state_dict().items()}
+    sd["module.classifier.weight"] = torch.zeros(77, 2048)
+    for name in ("smr_c_branch1", "smr_s_branch1", "smr_s_branch2", "smr_c_branch2"):
+        sd[f"module.{name}.classifier.weight"] = torch.zeros(77, 4096)
+    torch.save({"model_state_dict": sd, "rank1": np.float32(0.5), "mAP": np.float64(0.25), "epoch": 119}, official)
+    args = make_args(data_root, str(tmp_path / "eval2"), "--resume", official, "--reranking", command="eval")
+    args.evaluate = True
+    assert run_train(args) == EXIT_OK
+    log2 = open(tmp_path / "eval2" / "log_test.txt").read()
+    assert "With Reranking" in log2 and "(epoch 120)" in log2
+
+    bad = str(tmp_path / "bad.pth")
+    sd2 = tr.model.state_dict()
+    sd2["smr_c_branch1.extra"] = torch.zeros(1)
+    del sd2["backbone_layer43.conv1.weight"]
+    torch.save({"model_state_dict": sd2}, bad)
+    args = make_args(data_root, str(tmp_path / "eval3"), "--resume", bad, command="eval")
+    args.evaluate = True
+    assert run_train(args) == 2
+    err = capsys.readouterr().err
+    assert "backbone_layer43.conv1.weight" in err and "smr_c_branch1.extra" in err
+
+
+def test_bad_flags_are_usage_errors(data_root, tmp_path, capsys):
+    assert run_train(make_args(data_root, str(tmp_path), "--height", "64")) == 2
+    assert "--height/--width must be at least 128x32" in capsys.readouterr().err
+    args = make_args(data_root, str(tmp_path), command="eval")
+    args.evaluate = True
+    assert run_train(args) == 2
+    assert "--resume PATH" in capsys.readouterr().err
+    assert run_train(make_args(data_root, str(tmp_path), "--resume", str(tmp_path / "nope.pth"))) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_amp_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu).dtype is None
+    assert resolve_amp("bf16", cpu).dtype is torch.bfloat16 and not resolve_amp("bf16", cpu).scaler
+    fp16 = resolve_amp("fp16", cpu)
+    assert fp16.dtype is torch.float16 and fp16.scaler and fp16.grad_scaler().is_enabled()
+    assert resolve_amp("auto", cpu).dtype is (torch.bfloat16 if cpu_supports_bf16() else None)
+    with pytest.raises(ValueError, match="--amp must be one of"):
+        resolve_amp("int8", cpu)
+
+
+@pytest.mark.parametrize("margin", [0.3, None])
+def test_loss_matches_the_seeds_criteria(margin):
+    from fastccreid.engine.loss import cssc_loss
+    from fastccreid.reference.losses import CrossEntropyLabelSmooth, TripletLoss
+
+    torch.manual_seed(5)
+    pids = torch.arange(4).repeat_interleave(4)
+    feats = [torch.randn(16, 64, requires_grad=True) for _ in range(5)]
+    logits = [torch.randn(16, 11, requires_grad=True) for _ in range(5)]
+    ce, tri = CrossEntropyLabelSmooth(11, epsilon=0.1), TripletLoss(margin=margin)
+    for use_triplet in (False, True):
+        ours = cssc_loss(feats, logits, pids, use_triplet=use_triplet, margin=margin)
+        ref = sum(ce(y, pids) for y in logits)
+        if use_triplet:
+            ref = ref + sum(tri(f, pids) for f in feats)
+        torch.testing.assert_close(ours.total, ref, rtol=1e-5, atol=1e-5)
+        inputs = feats + logits if use_triplet else logits
+        g_ours = torch.autograd.grad(ours.total, inputs)
+        g_ref = torch.autograd.grad(ref, inputs)
+        for a, b in zip(g_ours, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    bf = cssc_loss([f.bfloat16() for f in feats], [y.bfloat16() for y in logits], pids, use_triplet=True,
+                   margin=margin)
+    assert bf.total.dtype == torch.float32  # losses computed in fp32 under AMP
+
+
+@pytest.mark.slow
+def test_compile_does_not_recompile_across_epochs_or_eval(data_root, tmp_path):
+    """torch.compile with static shapes: after epoch 1 (train graph + eval graph) nothing compiles again."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    tr = Trainer(make_args(data_root, str(tmp_path), "--max_epoch", "1", "--compile", "--eval_epoch", "1"),
+                 log=_Lines())
+    assert tr.fit() == EXIT_OK
+    after_first = counters["stats"]["unique_graphs"]
+    assert after_first > 0
+    tr.args.max_epoch = 3
+    tr.start_epoch = 1
+    assert tr.fit() == EXIT_OK
+    assert counters["stats"]["unique_graphs"] == after_first
