@@ -1,0 +1,122 @@
+"""``fastccreid bench eval``: evaluation from features, fast (``fastccreid.metrics``) vs the seed's reference
+(fp32 distance matrix + numpy argsort + per-query Python loop), wall time and peak RSS, D=2048.
+
+Cases: LTCC size (493 x 7,050) and Celeb-reID size (2,972 x 11,006) with the reference; MSMT17 size
+(11,659 x 82,161) fast only (the reference's dense arrays pass 22 GB there). Quick mode: LTCC size only.
+Features are synthetic with identity structure (identity centre + clothes offset + noise, non-negative like
+max-pooled ReLU features), so rankings resemble a trained model's rather than pure noise.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from fastccreid.bench import BenchRow, peak_rss_bytes
+
+D = 2048
+NOISE = 4.5  # per-element noise scale of the synthetic features (sets how hard the ranking is)
+CASES = {
+    "ltcc": (493, 7050, 152),
+    "celeb": (2972, 11006, 632),
+    "msmt17": (11659, 82161, 3060),
+}
+
+
+def make_features(nq: int, ng: int, nid: int, d: int = D, seed: int = 0, dtype=torch.float32):
+    """Synthetic ReID features [N, D] with pids / cameras / clothes (labels int64 numpy), built in row chunks."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(nid, d, generator=gen)
+    clothes_off = torch.rand(nid, 3, d, generator=gen)
+
+    def build(n, off):
+        pids = torch.randint(0, nid, (n,), generator=gen)
+        clothes = torch.randint(0, 3, (n,), generator=gen)
+        cams = torch.randint(0, 6, (n,), generator=gen) + off
+        out = torch.empty(n, d, dtype=dtype)
+        for s in range(0, n, 8192):
+            e = min(n, s + 8192)
+            x = centres[pids[s:e]] + 0.8 * clothes_off[pids[s:e], clothes[s:e]]
+            x += NOISE * torch.rand(e - s, d, generator=gen)
+            out[s:e] = x.relu_()
+        return out, pids.numpy(), cams.numpy(), clothes.numpy()
+
+    return build(nq, 0), build(ng, 0)
+
+
+def _reference_eval(qf, gf, qp, gp, qc, gc):
+    try:
+        from fastccreid.reference.evaluation import evaluate as ref_evaluate
+        from fastccreid.reference.evaluation import get_distmat
+    except ImportError:  # the reference package not present: the seed's two functions, transcribed
+        return _seed_transcription(qf, gf, qp, gp, qc, gc)
+    return ref_evaluate(get_distmat(qf, gf), qp, gp, qc, gc)
+
+
+def _seed_transcription(qf, gf, qp, gp, qc, gc, max_rank=50):
+    qf = 1.0 * qf / (torch.norm(qf, 2, dim=-1, keepdim=True).expand_as(qf) + 1e-12)
+    gf = 1.0 * gf / (torch.norm(gf, 2, dim=-1, keepdim=True).expand_as(gf) + 1e-12)
+    m, n = qf.size(0), gf.size(0)
+    distmat = torch.pow(qf, 2).sum(dim=1, keepdim=True).expand(m, n) + \
+        torch.pow(gf, 2).sum(dim=1, keepdim=True).expand(n, m).t()
+    distmat.addmm_(qf, gf.t(), beta=1, alpha=-2)
+    distmat = distmat.numpy()
+    indices = np.argsort(distmat, axis=1)
+    matches = (gp[indices] == qp[:, np.newaxis]).astype(np.int32)
+    all_cmc, all_ap = [], []
+    for i in range(m):
+        order = indices[i]
+        keep = np.invert((gp[order] == qp[i]) & (gc[order] == qc[i]))
+        raw = matches[i][keep]
+        if not np.any(raw):
+            continue
+        cmc = raw.cumsum()
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        tmp = raw.cumsum()
+        tmp = np.asarray([x / (j + 1.0) for j, x in enumerate(tmp)]) * raw
+        all_ap.append(tmp.sum() / raw.sum())
+    return np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_ap), np.mean(all_ap)
+
+
+def fast_eval(qf, gf, qp, gp, qc, gc):
+    from fastccreid.metrics import evaluate
+
+    return evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, protocol="market")
+
+
+def run_case(name: str, with_reference: bool, repeats: int = 3) -> list[BenchRow]:
+    nq, ng, nid = CASES[name]
+    (qf, qp, qc, _), (gf, gp, gc, _) = make_features(nq, ng, nid)
+    rows = []
+    fast_eval(qf[:8], gf, qp[:8], gp, qc[:8], gc)  # warm-up outside the timing
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = fast_eval(qf, gf, qp, gp, qc, gc)
+        times.append(time.perf_counter() - t0)
+    t_fast = float(np.median(times))
+    extra = {"Q": nq, "G": ng, "D": D, "mAP": res.mAP, "rank1": res.rank(1)}
+    rows.append(BenchRow("eval", f"{name} {nq}x{ng}", "fast", t_fast, nq / t_fast, peak_rss_bytes(), repeats, nq,
+                         extra))
+    if with_reference:
+        t0 = time.perf_counter()
+        ref = _reference_eval(qf, gf, qp, gp, qc, gc)
+        t_ref = time.perf_counter() - t0
+        extra_r = {"Q": nq, "G": ng, "D": D, "mAP": float(ref[1]), "rank1": float(ref[0][0]),
+                   "mAP_abs_diff": abs(float(ref[1]) - res.mAP)}
+        rows.append(BenchRow("eval", f"{name} {nq}x{ng}", "reference", t_ref, nq / t_ref, peak_rss_bytes(), 1, nq,
+                             extra_r))
+    return rows
+
+
+def run(quick: bool) -> list[BenchRow]:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if quick:
+        return run_case("ltcc", with_reference=True)
+    rows = run_case("ltcc", with_reference=True)
+    rows += run_case("celeb", with_reference=True, repeats=2)
+    rows += run_case("msmt17", with_reference=False, repeats=1)
+    return rows

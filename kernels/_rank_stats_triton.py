@@ -1,0 +1,112 @@
+"""Triton kernels for ``rank_stats`` (squared euclidean features): the gallery is streamed in tiles, nothing Q×G.
+
+Pass 1 computes each query's same-pid distances with the very tile code pass 2 uses (so ties compare equal bits);
+torch sorts those few per query; pass 2 recomputes every tile, places each non-match among the sorted matches (a
+loop over the R match distances, ties by gallery index) and adds it to a [Q, R+1] histogram with atomics. Imported
+only when a Triton path runs; on CPU tensors it needs ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastccreid.kernels.rank_stats import _PidIndex, _sq_norms, _stats_from_hist
+
+
+@triton.jit
+def sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
+                  BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    """|q|^2 + |g|^2 - 2 q.g for a [BQ, BG] tile, fp32 accumulation (IEEE, no TF32), int64 row offsets."""
+    acc = tl.zeros((BQ, BG), dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mk = offs_k < D
+        a = tl.load(q_ptr + offs_q.to(tl.int64)[:, None] * stride_q + offs_k[None, :],
+                    mask=mask_q[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        b = tl.load(g_ptr + offs_g.to(tl.int64)[None, :] * stride_g + offs_k[:, None],
+                    mask=mask_g[None, :] & mk[:, None], other=0.0).to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    qq = tl.load(qq_ptr + offs_q, mask=mask_q, other=0.0)
+    gg = tl.load(gg_ptr + offs_g, mask=mask_g, other=0.0)
+    return qq[:, None] + gg[None, :] - 2.0 * acc
+
+
+@triton.jit
+def _same_pid_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, slot_ptr, out_ptr, NQ, NG, D, RP,
+                     stride_q, stride_g, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    pid_q = tl.program_id(0)
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    mask_q = offs_q < NQ
+    qp = tl.load(qp_ptr + offs_q, mask=mask_q, other=-1)
+    for g0 in range(0, NG, BG):
+        offs_g = g0 + tl.arange(0, BG)
+        mask_g = offs_g < NG
+        gp = tl.load(gp_ptr + offs_g, mask=mask_g, other=-2)
+        same = (qp[:, None] == gp[None, :]) & mask_q[:, None] & mask_g[None, :]
+        if tl.sum(same.to(tl.int32)) > 0:  # only tiles holding a same-pid pair pay for the distance
+            d = sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
+                              BQ, BG, BK)
+            slot = tl.load(slot_ptr + offs_g, mask=mask_g, other=0)
+            tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * RP + slot[None, :], d, mask=same)
+
+
+@triton.jit
+def _place_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, ms_ptr, msi_ptr, nm_ptr, hist_ptr, NQ, NG, D, RP,
+                  stride_q, stride_g, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    mask_q = offs_q < NQ
+    offs_g = pid_g * BG + tl.arange(0, BG)
+    mask_g = offs_g < NG
+    qp = tl.load(qp_ptr + offs_q, mask=mask_q, other=-1)
+    gp = tl.load(gp_ptr + offs_g, mask=mask_g, other=-2)
+    nm = tl.load(nm_ptr + offs_q, mask=mask_q, other=0)
+    d = sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
+                      BQ, BG, BK)
+    live = (qp[:, None] != gp[None, :]) & mask_q[:, None] & mask_g[None, :]
+    p = tl.zeros((BQ, BG), dtype=tl.int32)
+    row = offs_q.to(tl.int64) * RP
+    for r in range(0, RP):
+        m = tl.load(ms_ptr + row + r, mask=mask_q & (r < nm), other=float("inf"))
+        mi = tl.load(msi_ptr + row + r, mask=mask_q & (r < nm), other=0)
+        before = (m[:, None] < d) | ((m[:, None] == d) & (mi[:, None] < offs_g[None, :]))
+        p += before.to(tl.int32)
+    tl.atomic_add(hist_ptr + offs_q.to(tl.int64)[:, None] * (RP + 1) + p, 1, mask=live)
+
+
+def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, block_g: int = 32, block_k: int = 32):
+    """Triton rank statistics for squared euclidean features -> (first_rank, ap, inp, nmatch) [Q] each."""
+    q = q.contiguous()
+    g = g.contiguous()
+    nq, d = q.shape
+    ng = g.shape[0]
+    qq = _sq_norms(q.float()).contiguous()
+    gg = _sq_norms(g.float()).contiguous()
+    index = _PidIndex(gp)
+    lo, cnt = index.ranges(qp)
+    rp = max(1, int(cnt.max().item()))
+    slot = torch.empty(ng, dtype=torch.int64, device=g.device)
+    # position of each gallery item inside its pid group (groups are in ascending gallery index)
+    start = torch.searchsorted(index.sorted_pids, index.sorted_pids, side="left")
+    slot[index.order] = torch.arange(ng, device=g.device) - start
+    same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(nq, block_q),)
+    _same_pid_kernel[grid](q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0),
+                           BQ=block_q, BG=block_g, BK=block_k)
+    m = index.gather(lo, cnt, qc, gc, qcl, gcl, junk)
+    if m.idx.shape[1] < rp:  # index.gather pads to max(cnt) too; keep widths equal
+        raise RuntimeError("internal: match padding width mismatch")
+    md = same_d.masked_fill(~m.is_match, math.inf)
+    ms, order = torch.sort(md, dim=1, stable=True)
+    msidx = m.idx.gather(1, order).contiguous()
+    nmatch = m.is_match.sum(1)
+    hist = torch.zeros(nq, rp + 1, dtype=torch.int32, device=q.device)
+    grid = (triton.cdiv(nq, block_q), triton.cdiv(ng, block_g))
+    _place_kernel[grid](q, g, qq, gg, qp, gp, ms.contiguous(), msidx, nmatch, hist, nq, ng, d, rp,
+                        q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
+    return _stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)

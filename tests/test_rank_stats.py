@@ -1,0 +1,152 @@
+"""rank_stats: exact first-match rank / AP / INP per query (sort only the matches), torch and Triton paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastccreid.kernels import rank_stats
+
+
+def _per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk):
+    """Stable full sort per row, then the seed's per-query formulas -> list of (first_rank, AP, INP) or None."""
+    out = []
+    for i in range(dm.shape[0]):
+        order = np.argsort(dm[i], kind="stable")
+        same = gp[order] == qp[i]
+        if junk == "market":
+            rm = same & (gc[order] == qc[i])
+        elif junk == "ltcc-cc":
+            rm = same & ((gc[order] == qc[i]) | (gcl[order] == qcl[i]))
+        else:
+            rm = np.zeros_like(same)
+        raw = same[~rm]
+        if not raw.any():
+            out.append(None)
+            continue
+        pos = np.nonzero(raw)[0]
+        ap = np.mean((np.arange(len(pos)) + 1) / (pos + 1))
+        out.append((pos[0] + 1, ap, len(pos) / (pos[-1] + 1)))
+    return out
+
+
+def _case(seed, nq, ng, npid, ties):
+    rng = np.random.default_rng(seed)
+    dm = rng.integers(0, 3, (nq, ng)).astype(np.float32) if ties else rng.random((nq, ng)).astype(np.float32)
+    return (dm, rng.integers(0, npid, nq), rng.integers(0, npid, ng), rng.integers(0, 2, nq), rng.integers(0, 2, ng),
+            rng.integers(0, 2, nq), rng.integers(0, 2, ng))
+
+
+@pytest.mark.parametrize("junk", [None, "market", "ltcc-cc"])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("lut", [False, True])
+def test_matches_stable_full_sort(monkeypatch, junk, ties, lut):
+    if lut:  # force the lookup-table placement, with few bins so that many elements share a match's bin
+        import importlib
+
+        rs_mod = importlib.import_module("fastccreid.kernels.rank_stats")
+        monkeypatch.setattr(rs_mod, "_LUT_MIN_COLS", 1)
+        monkeypatch.setattr(rs_mod, "_LUT_BINS", 3)
+    for seed, (nq, ng, npid) in enumerate([(7, 33, 3), (20, 129, 9), (3, 1, 1), (5, 64, 40)]):
+        dm, qp, gp, qc, gc, qcl, gcl = _case(seed, nq, ng, npid, ties)
+        st = rank_stats(dm, None, "precomputed", q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl,
+                        g_clothes=gcl, junk=junk, chunk_size=3)
+        for i, o in enumerate(_per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk)):
+            if o is None:
+                assert not st.valid[i] and st.first_rank[i] == 0
+                continue
+            assert st.valid[i]
+            assert st.first_rank[i].item() == o[0]
+            assert st.ap[i].item() == pytest.approx(o[1], abs=1e-12)
+            assert st.inp[i].item() == pytest.approx(o[2], abs=1e-12)
+
+
+def test_features_path_and_float64_distmat():
+    rng = np.random.default_rng(0)
+    q, g = rng.standard_normal((9, 16)), rng.standard_normal((50, 16))
+    qp, gp = rng.integers(0, 5, 9), rng.integers(0, 5, 50)
+    dm64 = ((q[:, None] - g[None]) ** 2).sum(-1)
+    a = rank_stats(dm64, None, "precomputed", q_pids=qp, g_pids=gp, junk=None)
+    b = rank_stats(torch.tensor(q), torch.tensor(g), q_pids=qp, g_pids=gp, junk=None)  # float64 features
+    assert torch.equal(a.first_rank, b.first_rank)
+    torch.testing.assert_close(a.ap, b.ap, atol=1e-12, rtol=0)
+
+
+def test_bad_inputs():
+    dm = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="g_pids"):
+        rank_stats(dm, None, "precomputed", q_pids=[0, 1], g_pids=[0, 1], junk=None)
+    with pytest.raises(TypeError, match="q_pids"):
+        rank_stats(dm, None, "precomputed", q_pids=np.array([0.0, 1.0]), g_pids=[0, 1, 2], junk=None)
+    with pytest.raises(ValueError, match="NaN"):
+        rank_stats(np.full((2, 3), np.nan), None, "precomputed", q_pids=[0, 1], g_pids=[0, 1, 2], junk=None)
+    with pytest.raises(ValueError, match="at least one"):
+        rank_stats(np.zeros((0, 3)), None, "precomputed", q_pids=[], g_pids=[0, 1, 2], junk=None)
+    with pytest.raises(ValueError, match="dims differ"):
+        rank_stats(torch.randn(2, 3), torch.randn(3, 4), q_pids=[0, 1], g_pids=[0, 1, 2], junk=None)
+    with pytest.raises(ValueError, match="junk"):
+        rank_stats(dm, None, "precomputed", q_pids=[0, 1], g_pids=[0, 1, 2], junk="cuhk")
+
+
+TRITON_CHECK = """
+import torch
+from fastccreid.kernels import rank_stats
+gen = torch.Generator().manual_seed(2)
+nq, ng = 13, 45
+q, g = torch.randn(nq, 24, generator=gen), torch.randn(ng, 24, generator=gen)
+g[5] = g[3]  # an exact distance tie for every query
+for junk in (None, "market", "ltcc-cc"):
+    kw = dict(q_pids=torch.randint(0, 4, (nq,), generator=gen), g_pids=torch.randint(0, 4, (ng,), generator=gen),
+              q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
+              q_clothes=torch.randint(0, 2, (nq,), generator=gen),
+              g_clothes=torch.randint(0, 2, (ng,), generator=gen), junk=junk)
+    a = rank_stats(q, g, backend="torch", **kw)
+    b = rank_stats(q, g, backend="triton", **kw)
+    assert torch.equal(a.valid, b.valid) and torch.equal(a.first_rank, b.first_rank), junk
+    torch.testing.assert_close(a.ap, b.ap, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.inp, b.inp, atol=1e-12, rtol=0)
+print("OK")
+"""
+
+
+@pytest.mark.triton
+def test_triton_interpreter_matches_torch():
+    """The Triton kernels under TRITON_INTERPRET=1, in a fresh process: the variable must be set before Triton is
+    first imported (its standard library is decorated at import time)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("lut", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lut):
+    """Past ``tile`` gallery items the gallery is streamed in tiles (match distances from gathered rows); a gallery
+    too big for a normalised copy is normalised tile by tile. Same results as the one-tile path."""
+    import importlib
+
+    rs_mod = importlib.import_module("fastccreid.kernels.rank_stats")
+    gen = torch.Generator().manual_seed(3)
+    nq, ng = 40, 300
+    q, g = torch.randn(nq, 32, generator=gen).to(dtype), torch.randn(ng, 32, generator=gen).to(dtype)
+    kw = dict(q_pids=torch.randint(0, 6, (nq,), generator=gen), g_pids=torch.randint(0, 6, (ng,), generator=gen),
+              q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
+              q_clothes=torch.randint(0, 2, (nq,), generator=gen),
+              g_clothes=torch.randint(0, 2, (ng,), generator=gen), junk="ltcc-cc", normalize=True)
+    g[9] = g[4]  # an exact tie between gallery items
+    a = rank_stats(q, g, **kw)
+    if lut:  # the lookup-table placement (normally only for wide tiles) on every tile
+        monkeypatch.setattr(rs_mod, "_LUT_MIN_COLS", 1)
+    b = rank_stats(q, g, tile=37, chunk_size=7, **kw)
+    monkeypatch.setattr(rs_mod, "_NORM_COPY_BYTES", 0)
+    c = rank_stats(q, g, tile=64, **kw)
+    for other in (b, c):
+        assert torch.equal(a.first_rank, other.first_rank)
+        torch.testing.assert_close(a.ap, other.ap, atol=1e-12, rtol=0)
+        torch.testing.assert_close(a.inp, other.inp, atol=1e-12, rtol=0)
