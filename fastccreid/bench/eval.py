@@ -2,7 +2,8 @@
 (fp32 distance matrix + numpy argsort + per-query Python loop), wall time and peak RSS, D=2048.
 
 Cases: LTCC size (493 x 7,050) and Celeb-reID size (2,972 x 11,006) with the reference; MSMT17 size
-(11,659 x 82,161) fast only (the reference's dense arrays pass 22 GB there). Quick mode: LTCC size only.
+(11,659 x 82,161) fast only (the reference's dense arrays pass 22 GB there); a scaling curve of 256 queries
+against 1k-16k galleries (64k fast only in full mode). Quick mode: LTCC size and the scaling curve.
 Features are synthetic with identity structure (identity centre + clothes offset + noise, non-negative like
 max-pooled ReLU features), so rankings resemble a trained model's rather than pure noise.
 """
@@ -18,6 +19,8 @@ from fastccreid.bench import BenchRow, peak_rss_bytes
 
 D = 2048
 NOISE = 4.5  # per-element noise scale of the synthetic features (sets how hard the ranking is)
+SCALE_QUERIES = 256
+SCALE_GALLERIES = (1000, 4000, 16000)
 CASES = {
     "ltcc": (493, 7050, 152),
     "celeb": (2972, 11006, 632),
@@ -87,8 +90,10 @@ def fast_eval(qf, gf, qp, gp, qc, gc):
     return evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, protocol="market")
 
 
-def run_case(name: str, with_reference: bool, repeats: int = 3) -> list[BenchRow]:
-    nq, ng, nid = CASES[name]
+def run_case(name: str, with_reference: bool, repeats: int = 3, size: tuple[int, int, int] | None = None
+             ) -> list[BenchRow]:
+    """Fast (and optionally reference) rows for one named case; ``size`` = (Q, G, #ids) overrides CASES."""
+    nq, ng, nid = size if size is not None else CASES[name]
     (qf, qp, qc, _), (gf, gp, gc, _) = make_features(nq, ng, nid)
     rows = []
     fast_eval(qf[:8], gf, qp[:8], gp, qc[:8], gc)  # warm-up outside the timing
@@ -99,13 +104,15 @@ def run_case(name: str, with_reference: bool, repeats: int = 3) -> list[BenchRow
         times.append(time.perf_counter() - t0)
     t_fast = float(np.median(times))
     extra = {"Q": nq, "G": ng, "D": D, "mAP": res.mAP, "rank1": res.rank(1)}
+    if size is not None:  # scaling-curve rows (fixed Q) carry the x of the report's plots
+        extra["gallery_size"] = ng
     rows.append(BenchRow("eval", f"{name} {nq}x{ng}", "fast", t_fast, nq / t_fast, peak_rss_bytes(), repeats, nq,
                          extra))
     if with_reference:
         t0 = time.perf_counter()
         ref = _reference_eval(qf, gf, qp, gp, qc, gc)
         t_ref = time.perf_counter() - t0
-        extra_r = {"Q": nq, "G": ng, "D": D, "mAP": float(ref[1]), "rank1": float(ref[0][0]),
+        extra_r = {**extra, "mAP": float(ref[1]), "rank1": float(ref[0][0]),
                    "mAP_abs_diff": abs(float(ref[1]) - res.mAP)}
         rows.append(BenchRow("eval", f"{name} {nq}x{ng}", "reference", t_ref, nq / t_ref, peak_rss_bytes(), 1, nq,
                              extra_r))
@@ -114,9 +121,13 @@ def run_case(name: str, with_reference: bool, repeats: int = 3) -> list[BenchRow
 
 def run(quick: bool) -> list[BenchRow]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if quick:
-        return run_case("ltcc", with_reference=True)
     rows = run_case("ltcc", with_reference=True)
+    # scaling curve: time and peak memory vs gallery size at a fixed 256 queries, both paths
+    for ng in SCALE_GALLERIES if quick else SCALE_GALLERIES + (64000,):
+        rows += run_case(f"scale-g{ng}", with_reference=ng <= 16000, repeats=1 if ng > 16000 else 3,
+                         size=(SCALE_QUERIES, ng, max(8, ng // 40)))
+    if quick:
+        return rows
     rows += run_case("celeb", with_reference=True, repeats=2)
     rows += run_case("msmt17", with_reference=False, repeats=1)
     return rows

@@ -1,7 +1,7 @@
 """``fastccreid bench --out DIR``: the rows as a markdown table, plus PNG plots of the scaling curves.
 
 Plots: evaluation time and peak memory vs gallery size (rows of suite "eval" with ``extra["gallery_size"]``),
-and train images/s vs batch size (rows of suite "train" with ``extra["batch_size"]``), fast and reference paths.
+and train images/s vs batch size (rows of suite "train" with ``extra["batch"]``), fast and reference paths.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def write_report(payload: dict[str, Any], rows: list[BenchRow], out_dir: str) ->
     plots = [
         ("eval", "gallery_size", "median_s", "gallery size", "evaluation time (s)", "eval_time.png", True),
         ("eval", "gallery_size", "peak_rss_mib", "gallery size", "peak RSS (MiB)", "eval_memory.png", True),
-        ("train", "batch_size", "items_per_s", "batch size", "train images/s", "train_throughput.png", False),
+        ("train", "batch", "items_per_s", "batch size", "train images/s", "train_throughput.png", False),
     ]
     for suite, xkey, ykey, xlabel, ylabel, name, logx in plots:
         series = _series(rows, suite, xkey, ykey)
