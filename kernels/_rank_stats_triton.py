@@ -4,6 +4,10 @@ Pass 1 computes each query's same-pid distances with the very tile code pass 2 u
 torch sorts those few per query; pass 2 recomputes every tile, places each non-match among the sorted matches (a
 loop over the R match distances, ties by gallery index) and adds it to a [Q, R+1] histogram with atomics. Imported
 only when a Triton path runs; on CPU tensors it needs ``TRITON_INTERPRET=1``.
+
+Registered as the custom op ``fastccreid::rank_stats_sqeuclid`` (``torch.library.triton_op``, not differentiable)
+returning (first_rank, ap, inp, num_matches) [Q] each, with the torch path as its CPU kernel and a shape-only fake,
+so torch.compile traces through it without a graph break.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels.rank_stats import _PidIndex, _sq_norms, _stats_from_hist
+from fastccreid.kernels.rank_stats import _finish, _PidIndex, _sq_norms, _stats_from_hist
+
+JUNK_CODES = {None: 0, "market": 1, "ltcc-cc": 2}
+_JUNK_NAMES = {v: k for k, v in JUNK_CODES.items()}
 
 
 @triton.jit
@@ -96,9 +104,10 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     slot[index.order] = torch.arange(ng, device=g.device) - start
     same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(nq, block_q),)
-    _same_pid_kernel[grid](q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0),
-                           BQ=block_q, BG=block_g, BK=block_k)
-    m = index.gather(lo, cnt, qc, gc, qcl, gcl, junk)
+    wrap_triton(_same_pid_kernel)[grid](q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0),
+                                        BQ=block_q, BG=block_g, BK=block_k)
+    # a query without any same-pid gallery item has lo == G: point its (all-padding) row at item 0, never a match
+    m = index.gather(torch.where(cnt > 0, lo, torch.zeros_like(lo)), cnt, qc, gc, qcl, gcl, junk)
     if m.idx.shape[1] < rp:  # index.gather pads to max(cnt) too; keep widths equal
         raise RuntimeError("internal: match padding width mismatch")
     md = same_d.masked_fill(~m.is_match, math.inf)
@@ -107,6 +116,43 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     nmatch = m.is_match.sum(1)
     hist = torch.zeros(nq, rp + 1, dtype=torch.int32, device=q.device)
     grid = (triton.cdiv(nq, block_q), triton.cdiv(ng, block_g))
-    _place_kernel[grid](q, g, qq, gg, qp, gp, ms.contiguous(), msidx, nmatch, hist, nq, ng, d, rp,
-                        q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
+    wrap_triton(_place_kernel)[grid](q, g, qq, gg, qp, gp, ms.contiguous(), msidx, nmatch, hist, nq, ng, d, rp,
+                                     q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
     return _stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
+
+
+def _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    """(qc, gc, qcl, gcl) as the launcher wants them: None where the junk rule (by code) does not use them."""
+    cams = (q_camids, g_camids) if junk > 0 else (None, None)
+    clothes = (q_clothes, g_clothes) if junk == 2 else (None, None)
+    return (*cams, *clothes)
+
+
+@triton_op("fastccreid::rank_stats_sqeuclid", mutates_args=())
+def rank_stats_op(q: torch.Tensor, g: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
+                  q_camids: torch.Tensor, g_camids: torch.Tensor, q_clothes: torch.Tensor, g_clothes: torch.Tensor,
+                  junk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squared euclidean rank statistics -> first_rank [Q] int64, ap [Q] fp64, inp [Q] fp64, num_matches [Q]
+    int64 (zeros for queries without a match); ``junk`` by code (0 none, 1 market, 2 ltcc-cc); label tensors the
+    rule does not use may be any int64 dummies."""
+    qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
+    r = _finish(*rank_stats_triton(q, g, q_pids, g_pids, qc, gc, qcl, gcl, _JUNK_NAMES[junk]))
+    return r.first_rank, r.ap, r.inp, r.num_matches
+
+
+@rank_stats_op.register_kernel("cpu")
+def _rank_stats_cpu(q, g, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    from fastccreid.kernels.rank_stats import rank_stats
+
+    qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
+    r = rank_stats(q, g, "sqeuclidean", q_pids=q_pids, g_pids=g_pids, q_camids=qc, g_camids=gc, q_clothes=qcl,
+                   g_clothes=gcl, junk=_JUNK_NAMES[junk], backend="torch")
+    return r.first_rank, r.ap, r.inp, r.num_matches
+
+
+@rank_stats_op.register_fake
+def _rank_stats_fake(q, g, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    # shape-only kernel for tracing: the launchers cannot run on fake tensors under TRITON_INTERPRET=1
+    n = q.shape[0]
+    return (q.new_empty(n, dtype=torch.int64), q.new_empty(n, dtype=torch.float64),
+            q.new_empty(n, dtype=torch.float64), q.new_empty(n, dtype=torch.int64))

@@ -5,6 +5,9 @@ code: fp32, IEEE), applies the junk rule, packs (distance, gallery index) into o
 float bits in the high word, index in the low word: ties break by index for free), sorts the tile's keys and keeps
 the first KP. torch then takes the k smallest keys over the tiles of a query chunk. Memory: chunk × tiles × KP
 keys, never Q×G distances. Imported only when a Triton path runs (``TRITON_INTERPRET=1`` on CPU tensors).
+
+Registered as the custom op ``fastccreid::topk_sqeuclid`` (``torch.library.triton_op``, not differentiable) with
+the torch path as its CPU kernel and a shape-only fake, so torch.compile traces through it without a graph break.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._rank_stats_triton import sqeuclid_tile
 from fastccreid.kernels.rank_stats import _sq_norms
 
 _MAX_KEY = 2**63 - 1
+JUNK_CODES = {None: 0, "market": 1, "ltcc-cc": 2}
+_JUNK_NAMES = {v: k for k, v in JUNK_CODES.items()}
 
 
 @triton.jit
@@ -87,7 +93,7 @@ def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64
         gcl = dummy if gcl is None else gcl
     else:
         qp = gp = qc = gc = qcl = gcl = dummy
-    junk_code = {None: 0, "market": 1, "ltcc-cc": 2}[junk]
+    junk_code = JUNK_CODES[junk]
     nt = triton.cdiv(ng, block_g)
     vals = torch.full((nq, k), math.inf, dtype=torch.float32, device=q.device)
     inds = torch.full((nq, k), -1, dtype=torch.int64, device=q.device)
@@ -98,8 +104,8 @@ def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64
         grid = (triton.cdiv(n, block_q), nt)
         lab = (qp[s:e], gp, qc[s:e], gc, qcl[s:e] if junk == "ltcc-cc" else dummy, gcl) if labels is not None \
             else (dummy,) * 6
-        _tile_topk_kernel[grid](q[s:e], g, qq[s:e], gg, *lab, keys, n, ng, d, nt, q.stride(0), g.stride(0),
-                                JUNK=junk_code, BQ=block_q, BG=block_g, BK=block_k, KP=kp)
+        wrap_triton(_tile_topk_kernel)[grid](q[s:e], g, qq[s:e], gg, *lab, keys, n, ng, d, nt, q.stride(0), g.stride(0),
+                                            JUNK=junk_code, BQ=block_q, BG=block_g, BK=block_k, KP=kp)
         flat = keys.view(n, nt * kp)
         kk = min(k, flat.shape[1])
         best = torch.topk(flat, kk, dim=1, largest=False, sorted=True).values
@@ -110,3 +116,37 @@ def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64
     vals[:, kmax:] = math.inf
     inds[:, kmax:] = -1
     return vals, inds
+
+
+def _op_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    """The launcher's label tuple from the op's always-present label tensors (unused ones may be dummies)."""
+    if junk == 0:
+        return None
+    if junk == 1:
+        return q_pids, g_pids, q_camids, g_camids, None, None
+    return q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes
+
+
+@triton_op("fastccreid::topk_sqeuclid", mutates_args=())
+def topk_op(q: torch.Tensor, g: torch.Tensor, k: int, q_pids: torch.Tensor, g_pids: torch.Tensor,
+            q_camids: torch.Tensor, g_camids: torch.Tensor, q_clothes: torch.Tensor, g_clothes: torch.Tensor,
+            junk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k nearest (squared euclidean) per query -> values [Q, k] fp32, indices [Q, k] int64; ``junk`` by code
+    (0 none, 1 market, 2 ltcc-cc); label tensors the rule does not use may be any int64 dummies."""
+    labels = _op_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk)
+    return topk_triton(q, g, k, labels, _JUNK_NAMES[junk])
+
+
+@topk_op.register_kernel("cpu")
+def _topk_cpu(q, g, k: int, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    from fastccreid.kernels.topk import topk_ranking
+
+    clothes = (q_clothes, g_clothes) if junk == 2 else (None, None)
+    return topk_ranking(q, g, k, "sqeuclidean", q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids,
+                        q_clothes=clothes[0], g_clothes=clothes[1], junk=_JUNK_NAMES[junk], backend="torch")
+
+
+@topk_op.register_fake
+def _topk_fake(q, g, k: int, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+    # shape-only kernel for tracing: the launcher cannot run on fake tensors under TRITON_INTERPRET=1
+    return q.new_empty((q.shape[0], k), dtype=torch.float32), q.new_empty((q.shape[0], k), dtype=torch.int64)

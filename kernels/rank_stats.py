@@ -540,6 +540,12 @@ def rank_stats(
         from fastccreid.kernels._rank_stats_triton import rank_stats_triton
 
         qn, gn = (seed_normalize(q), seed_normalize(g)) if normalize else (q, g)
+        if qn.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
+            from fastccreid.kernels._rank_stats_triton import JUNK_CODES, rank_stats_op
+
+            dummy = torch.zeros(1, dtype=torch.int64, device=device)
+            lab = [dummy if t is None else t for t in (qc, gc, qcl, gcl)]
+            return _finish(*rank_stats_op(qn, gn, qp, gp, *lab, JUNK_CODES[junk]))
         first, ap, inp, nmatch = rank_stats_triton(qn, gn, qp, gp, qc, gc, qcl, gcl, junk)
         return _finish(first, ap, inp, nmatch)
     # Precomputed distances and the other metrics run the vectorised torch path on the tensors' own device

@@ -96,6 +96,12 @@ def topk_ranking(
     if junk is not None:
         labels = _check_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng, device)
     if resolve_backend(backend, *tensors) == "triton" and metric == "sqeuclidean":
+        if q.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
+            from fastccreid.kernels._topk_triton import JUNK_CODES, topk_op
+
+            dummy = torch.zeros(1, dtype=torch.int64, device=device)
+            lab = [dummy if t is None else t for t in (labels or (None,) * 6)]
+            return topk_op(q, g, k, *lab, JUNK_CODES[junk])
         from fastccreid.kernels._topk_triton import topk_triton
 
         return topk_triton(q, g, k, labels, junk)

@@ -118,3 +118,41 @@ def test_triton_interpreter_matches_torch():
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+OP_CHECK = """
+import numpy as np, torch
+from fastccreid.kernels import topk_ranking
+import fastccreid.kernels._topk_triton as T  # registers fastccreid::topk_sqeuclid
+op = torch.ops.fastccreid.topk_sqeuclid
+gen = torch.Generator().manual_seed(3)
+nq, ng = 9, 50
+for junk, k in ((None, 3), ("market", 7), ("ltcc-cc", 60)):
+    q, g = torch.randn(nq, 16, generator=gen), torch.randn(ng, 16, generator=gen)
+    g[4] = g[1]  # an exact tie
+    lab = dict(q_pids=torch.randint(0, 3, (nq,), generator=gen), g_pids=torch.randint(0, 3, (ng,), generator=gen),
+               q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
+               q_clothes=torch.randint(0, 2, (nq,), generator=gen), g_clothes=torch.randint(0, 2, (ng,), generator=gen))
+    ref = topk_ranking(q, g, k, junk=junk, backend="torch", **lab)
+    args = (q, g, k, *lab.values(), T.JUNK_CODES[junk])
+    # the op on CPU tensors (its CPU kernel) and the op's Triton body (interpreter) against the torch path
+    for name, out in (("op", op(*args)), ("body", T.topk_op._init_fn(*args))):
+        assert out[0].dtype == torch.float32 and out[1].dtype == torch.int64, name
+        np.testing.assert_array_equal(out[1].numpy(), ref[1].numpy(), err_msg=f"{name} {junk}")
+        np.testing.assert_allclose(out[0].numpy(), ref[0].numpy(), atol=1e-5, err_msg=f"{name} {junk}")
+    # dynamo traces the op as one node (fake kernel for shapes): fullgraph raises on a graph break
+    comp = torch.compile(lambda *a: op(*a)[1] * 2, fullgraph=True, backend="eager")
+    assert torch.equal(comp(*args), ref[1] * 2), junk
+print("OK")
+"""
+
+
+@pytest.mark.triton
+def test_registered_op_matches_torch_and_compiles_fullgraph():
+    """torch.ops.fastccreid.topk_sqeuclid (CPU kernel and Triton body under TRITON_INTERPRET=1) equals the torch
+    path, and torch.compile(fullgraph=True) traces a function calling it without a graph break."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
+    env.pop("FASTCCREID_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", OP_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]

@@ -150,3 +150,43 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
         assert torch.equal(a.first_rank, other.first_rank)
         torch.testing.assert_close(a.ap, other.ap, atol=1e-12, rtol=0)
         torch.testing.assert_close(a.inp, other.inp, atol=1e-12, rtol=0)
+
+
+OP_CHECK = """
+import torch
+from fastccreid.kernels import rank_stats
+import fastccreid.kernels._rank_stats_triton as R  # registers fastccreid::rank_stats_sqeuclid
+op = torch.ops.fastccreid.rank_stats_sqeuclid
+gen = torch.Generator().manual_seed(4)
+nq, ng = 11, 40
+q, g = torch.randn(nq, 16, generator=gen), torch.randn(ng, 16, generator=gen)
+g[6] = g[2]  # an exact distance tie for every query
+for junk in (None, "market", "ltcc-cc"):
+    lab = dict(q_pids=torch.randint(0, 5, (nq,), generator=gen), g_pids=torch.randint(0, 4, (ng,), generator=gen),
+               q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
+               q_clothes=torch.randint(0, 2, (nq,), generator=gen),
+               g_clothes=torch.randint(0, 2, (ng,), generator=gen))
+    ref = rank_stats(q, g, backend="torch", junk=junk, **lab)
+    ref = (ref.first_rank, ref.ap, ref.inp, ref.num_matches)
+    args = (q, g, *lab.values(), R.JUNK_CODES[junk])
+    # the op on CPU tensors (its CPU kernel) and the op's Triton body (interpreter) against the torch path
+    for name, out in (("op", op(*args)), ("body", R.rank_stats_op._init_fn(*args))):
+        for a, b in zip(out, ref):
+            assert a.dtype == b.dtype and a.shape == b.shape, (name, junk)
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=f"{name} {junk}")
+    # dynamo traces the op as one node (fake kernel for shapes): fullgraph raises on a graph break
+    comp = torch.compile(lambda *a: op(*a)[1].sum(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(comp(*args), ref[1].sum(), atol=1e-12, rtol=0)
+print("OK")
+"""
+
+
+@pytest.mark.triton
+def test_registered_op_matches_torch_and_compiles_fullgraph():
+    """torch.ops.fastccreid.rank_stats_sqeuclid (CPU kernel and Triton body under TRITON_INTERPRET=1) equals the
+    torch path, and torch.compile(fullgraph=True) traces a function calling it without a graph break."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
+    env.pop("FASTCCREID_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", OP_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
