@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from fastccreid.data.loaders import BadImageTracker, Batch, _labels
+from fastccreid.data.loaders import BadImageTracker, Batch, EpochTrainLoader, _labels
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
 from fastccreid.data.transforms import (
@@ -196,7 +196,7 @@ def _find_bad(records: Sequence[ImageRecord], source: _Source, consumed: int) ->
     return bad
 
 
-class DaliTrainLoader:
+class DaliTrainLoader(EpochTrainLoader):
     """DALI backend of ``build_train_loader``; same interface as ``loaders.TrainLoader``."""
 
     backend = "dali"
@@ -210,17 +210,6 @@ class DaliTrainLoader:
         self.tracker = BadImageTracker(records, skip_bad_images)
         self.epoch = 0
         self.normalize_in_loader = device.type == "cpu"  # see _build_pipeline.finish
-
-    @property
-    def bad_images(self) -> int:
-        return self.tracker.count
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler.epoch_indices(self.epoch)) // self.sampler.batch_size
 
     def _plan(self) -> list[tuple[np.ndarray, np.ndarray]]:
         order = np.asarray(self.sampler.epoch_indices(self.epoch), dtype=np.int64)

@@ -221,7 +221,27 @@ def _collate_eval(samples, normalize: bool = False):
     return images, indices, bad
 
 
-class TrainLoader:
+class EpochTrainLoader:
+    """What both train-loader backends share: the epoch (which fixes the sampler's order), the batch count and
+    the bad-image count. Subclasses set ``sampler``, ``tracker`` and ``epoch`` and implement ``__iter__``."""
+
+    sampler: IdentitySampler
+    tracker: BadImageTracker
+    epoch: int
+
+    @property
+    def bad_images(self) -> int:
+        return self.tracker.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler.epoch_indices(self.epoch)) // self.sampler.batch_size
+
+
+class TrainLoader(EpochTrainLoader):
     """Torch DataLoader backend of the train loader (see ``build_train_loader``)."""
 
     backend = "torch"
@@ -238,17 +258,6 @@ class TrainLoader:
         self.tracker = BadImageTracker(records, skip_bad_images)
         # CPU run: finish float batches in the workers; accelerator: ship uint8, to_model_input normalises there.
         self.normalize_in_loader = device.type == "cpu"
-
-    @property
-    def bad_images(self) -> int:
-        return self.tracker.count
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler.epoch_indices(self.epoch)) // self.sampler.batch_size
 
     def batch_keys(self) -> list[list[tuple[int, int, int]]]:
         """This rank's batches of the epoch as (epoch, global position, index) keys."""
