@@ -16,14 +16,10 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
+from fastccreid.kernels._triton_gram import dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import METRIC_CODES, distance_backward, distance_torch
 
 _METRIC_NAMES = {v: k for k, v in METRIC_CODES.items()}
-
-
-def _dot_fp32(dtype: torch.dtype) -> bool:
-    """bf16 ``tl.dot`` gives wrong results in the Triton interpreter (triton 3.x): there, upcast tiles to fp32."""
-    return dtype == torch.bfloat16 and triton_interpret()
 
 
 def _configs() -> list[triton.Config]:
@@ -60,30 +56,10 @@ def _pairwise_kernel(
     # int64 row offsets: row * stride overflows int32 for galleries past ~1M x 2048
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    xsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    ysq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        k_ok = kk < K
-        a = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :] * stride_xk,
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(y_ptr + rn[None, :] * stride_ym + kk[:, None] * stride_yk,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        af = a.to(tl.float32)
-        bf = b.to(tl.float32)
-        xsq += tl.sum(af * af, axis=1)
-        ysq += tl.sum(bf * bf, axis=0)
-        if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        elif DOT_FP32:
-            acc = tl.dot(af, bf, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+    acc, xsq, ysq = gram_tile(x_ptr, y_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_xk, stride_ym, stride_yk,
+                              IEEE, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
 
     if METRIC == 2:
         nx = tl.maximum(tl.sqrt(xsq), NORM_EPS)
@@ -110,7 +86,7 @@ def pairwise_distance_launch(x: torch.Tensor, y: torch.Tensor, metric: int) -> t
     wrap_triton(_pairwise_kernel)[grid](
         x, y, out, m, n, k,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-        METRIC=metric, IEEE=x.dtype == torch.float32, DOT_FP32=_dot_fp32(x.dtype), SQ_FLOOR=1e-12, NORM_EPS=1e-12,
+        METRIC=metric, IEEE=x.dtype == torch.float32, DOT_FP32=dot_fp32(x.dtype), SQ_FLOOR=1e-12, NORM_EPS=1e-12,
     )
     return out
 

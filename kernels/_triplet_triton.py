@@ -18,13 +18,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
+from fastccreid.kernels._triton_gram import dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import SQ_FLOOR
 from fastccreid.kernels.triplet import mine_torch, mining_backward
-
-
-def _dot_fp32(dtype: torch.dtype) -> bool:
-    """bf16 ``tl.dot`` gives wrong results in the Triton interpreter (triton 3.x): there, upcast tiles to fp32."""
-    return dtype == torch.bfloat16 and triton_interpret()
 
 
 def _configs() -> list[triton.Config]:
@@ -49,7 +45,6 @@ def _batch_hard_kernel(
     pid = tl.program_id(0)
     rm = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # int64: row * stride must not overflow
     m_ok = rm < B
-    rk = tl.arange(0, BLOCK_K)
     lab_m = tl.load(lab_ptr + rm, mask=m_ok, other=0)
 
     best_p = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -61,26 +56,8 @@ def _batch_hard_kernel(
     for n0 in range(0, B, BLOCK_N):
         rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         n_ok = rn < B
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        xsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        ysq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            k_ok = kk < K
-            a = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :] * stride_xk,
-                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(x_ptr + rn[None, :] * stride_xm + kk[:, None] * stride_xk,
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            af = a.to(tl.float32)
-            bf = b.to(tl.float32)
-            xsq += tl.sum(af * af, axis=1)
-            ysq += tl.sum(bf * bf, axis=0)
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            elif DOT_FP32:
-                acc = tl.dot(af, bf, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+        acc, xsq, ysq = gram_tile(x_ptr, x_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_xk, stride_xm, stride_xk,
+                                  IEEE, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
         s = tl.maximum((xsq[:, None] + ysq[None, :]) - 2.0 * acc, SQ_FLOOR)
         # an anchor's distance to itself is exactly the floor (as the torch path), not sqrt of rounding noise
         s = tl.where(rm[:, None] == rn[None, :], SQ_FLOOR, s)
@@ -126,7 +103,7 @@ def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
 
     wrap_triton(_batch_hard_kernel)[grid](
         x, labels, d_ap, d_an, pos, neg, n_same, b, k, x.stride(0), x.stride(1),
-        IEEE=x.dtype == torch.float32, DOT_FP32=_dot_fp32(x.dtype), SQ_FLOOR=SQ_FLOOR,
+        IEEE=x.dtype == torch.float32, DOT_FP32=dot_fp32(x.dtype), SQ_FLOOR=SQ_FLOOR,
     )
     return d_ap, d_an, pos, neg, n_same
 
