@@ -137,11 +137,17 @@ def distance_backward(
 
 
 class PairwiseDistanceFunction(torch.autograd.Function):
-    """Torch path: forward by ``distance_torch``, backward by ``distance_backward`` (saves x, y and d only)."""
+    """Forward by ``distance_torch``, or by the Triton kernel called directly when ``use_triton`` (CPU tensors
+    under TRITON_INTERPRET=1); backward by ``distance_backward`` either way (saves x, y and d only)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-        d = distance_torch(x, y, metric, check_finite=True)
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str, use_triton: bool = False) -> torch.Tensor:
+        if use_triton:
+            from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_launch
+
+            d = pairwise_distance_launch(x, y, METRIC_CODES[metric])
+        else:
+            d = distance_torch(x, y, metric, check_finite=True)
         ctx.save_for_backward(x, y, d)
         ctx.metric = metric
         return d
@@ -150,26 +156,7 @@ class PairwiseDistanceFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, y, d = ctx.saved_tensors
         gx, gy = distance_backward(grad, x, y, d, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return gx, gy, None
-
-
-class TritonPairwiseDistanceFunction(torch.autograd.Function):
-    """Triton kernel called directly (CPU tensors under TRITON_INTERPRET=1); same backward as the torch path."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-        from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_launch
-
-        d = pairwise_distance_launch(x, y, METRIC_CODES[metric])
-        ctx.save_for_backward(x, y, d)
-        ctx.metric = metric
-        return d
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, y, d = ctx.saved_tensors
-        gx, gy = distance_backward(grad, x, y, d, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return gx, gy, None
+        return gx, gy, None, None
 
 
 def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto") -> torch.Tensor:
@@ -199,7 +186,7 @@ def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto
             from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_op
 
             return pairwise_distance_op(x, y, METRIC_CODES[metric])
-        return TritonPairwiseDistanceFunction.apply(x, y, metric)
+        return PairwiseDistanceFunction.apply(x, y, metric, True)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         return PairwiseDistanceFunction.apply(x, y, metric)
     return distance_torch(x, y, metric, check_finite=True)  # no graph wanted: skip the autograd node
