@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from fastccreid.data.loaders import BadImageTracker, Batch, EpochTrainLoader, _labels
+from fastccreid.data.loaders import BadImageTracker, Batch, EpochEvalLoader, EpochTrainLoader, _labels
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
 from fastccreid.data.transforms import (
@@ -257,7 +257,7 @@ class DaliTrainLoader(EpochTrainLoader):
         self.tracker.end_epoch(f"training epoch {self.epoch + 1}")
 
 
-class DaliEvalLoader:
+class DaliEvalLoader(EpochEvalLoader):
     """DALI backend of ``build_eval_loader``; same interface as ``loaders.EvalLoader``."""
 
     backend = "dali"
@@ -268,13 +268,6 @@ class DaliEvalLoader:
         self.batch_size, self.device, self.num_threads = batch_size, device, num_workers
         self.tracker = BadImageTracker(records, skip_bad_images)
         self.normalize_in_loader = device.type == "cpu"  # see _build_pipeline.finish
-
-    @property
-    def bad_images(self) -> int:
-        return self.tracker.count
-
-    def __len__(self) -> int:
-        return -(-len(self.records) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         todo = np.arange(len(self.records), dtype=np.int64)  # records not yet returned

@@ -282,7 +282,23 @@ class TrainLoader(EpochTrainLoader):
         self.tracker.end_epoch(f"training epoch {self.epoch + 1}")
 
 
-class EvalLoader:
+class EpochEvalLoader:
+    """What both eval-loader backends share: every record once, in order, the last partial batch kept; the batch
+    count and the bad-image count. Subclasses set ``records``, ``batch_size`` and ``tracker``."""
+
+    records: Sequence[ImageRecord]
+    batch_size: int
+    tracker: BadImageTracker
+
+    @property
+    def bad_images(self) -> int:
+        return self.tracker.count
+
+    def __len__(self) -> int:
+        return -(-len(self.records) // self.batch_size)
+
+
+class EvalLoader(EpochEvalLoader):
     """Torch DataLoader backend of the eval loader (see ``build_eval_loader``)."""
 
     backend = "torch"
@@ -296,13 +312,6 @@ class EvalLoader:
         self.dataset = _EvalSet(records, height, width, skip_bad_images)
         self.tracker = BadImageTracker(records, skip_bad_images)
         self.normalize_in_loader = device.type == "cpu"
-
-    @property
-    def bad_images(self) -> int:
-        return self.tracker.count
-
-    def __len__(self) -> int:
-        return -(-len(self.records) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         normalize = self.normalize_in_loader
