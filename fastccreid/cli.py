@@ -91,6 +91,9 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
                    help="channels_last memory format for the model and inputs")
     g.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
                    help="input pipeline: DALI when it imports (auto), or the torchvision DataLoader")
+    g.add_argument("--loader_output", default="auto", choices=["auto", "float", "uint8"],
+                   help="what the loader hands the model: normalised float batches (the loader's threads do the float "
+                        "work) or uint8 batches normalised on the model's device; auto = float on CPU, uint8 on GPU")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="warn about and skip unreadable images instead of stopping")
     g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],

@@ -53,8 +53,8 @@ def test_train_matches_torch_path_aug_on(records, in_loader):
     """Same host-drawn flip / crop / erase parameters: DALI's resize with a mirrored, shifted ROI plus the painted
     padding equals PIL flip + Pad + crop up to the resize tolerance; erase boxes identical, erased areas exactly 0."""
     kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=9, num_workers=1, pad=PAD, erase_p=0.7)
-    dali = build_train_loader(records, loader="dali", **kw)
-    dali.normalize_in_loader = in_loader
+    dali = build_train_loader(records, loader="dali", output="float" if in_loader else "uint8", **kw)
+    assert dali.normalize_in_loader is in_loader
     ref = build_train_loader(records, loader="torch", **kw)
     assert dali.backend == "dali" and ref.backend == "torch"
     for loader in (dali, ref):

@@ -110,8 +110,8 @@ def _apply_reference(path: str, flip: int, dy: int, dx: int, box) -> torch.Tenso
 @pytest.mark.parametrize("in_loader", [True, False])  # float finished in the workers (CPU run) / uint8 out (GPU)
 def test_torch_train_equals_reference_ops_with_drawn_params(records, in_loader):
     loader = build_train_loader(records, height=H, width=W, batch_size=8, num_instances=4, seed=3, loader="torch",
-                                num_workers=0, pad=PAD, erase_p=0.7)
-    loader.normalize_in_loader = in_loader
+                                num_workers=0, pad=PAD, erase_p=0.7, output="float" if in_loader else "uint8")
+    assert loader.normalize_in_loader is in_loader
     loader.set_epoch(2)
     batches = list(loader)
     order = IdentitySampler([r.pid for r in records], 8, 4, seed=3).epoch_indices(2)
@@ -124,8 +124,7 @@ def test_torch_train_equals_reference_ops_with_drawn_params(records, in_loader):
 
 def test_train_batches_are_the_samplers_epoch_pk_and_repeat(records):
     kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=5, loader="torch", num_workers=0, pad=PAD)
-    loader = build_train_loader(records, **kw)
-    loader.normalize_in_loader = False  # the accelerator form: uint8 out
+    loader = build_train_loader(records, **kw, output="uint8")  # the accelerator form, asked for on a CPU
     sampler = IdentitySampler([r.pid for r in records], 8, 4, seed=5)
     for epoch in (0, 1):
         loader.set_epoch(epoch)
@@ -136,8 +135,7 @@ def test_train_batches_are_the_samplers_epoch_pk_and_repeat(records):
             counts = torch.bincount(b.pids)
             assert sorted(counts[counts > 0].tolist()) == [4, 4]  # P=2 identities x K=4
             assert b.images.shape == (8, H, W, 3) and b.images.dtype == torch.uint8 and not b.normalized
-    again = build_train_loader(records, **kw)
-    again.normalize_in_loader = False
+    again = build_train_loader(records, **kw, output="uint8")
     again.set_epoch(1)
     first = list(again)
     assert all(torch.equal(a.images, b.images) and torch.equal(a.erase_boxes, b.erase_boxes)
@@ -289,3 +287,21 @@ def test_box_painting_cpu_loop_equals_accelerator_masks():
     _paint_boxes_loop(looped, erase, valid, shift[0])
     assert torch.equal(masked, looped)
     assert torch.equal(looped[1, :, :2], shift[0].expand(3, 2, 8)) and torch.all(looped[3] == 0)
+
+
+def test_loader_output_choices(records):
+    """``output`` / ``--loader_output``: auto = float on a CPU run; uint8 hands out uint8 HWC batches that
+    to_model_input turns into exactly the float batches; a bad value names the flag and the choices."""
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=1, loader="torch", num_workers=0, pad=PAD)
+    auto = build_train_loader(records, **kw)
+    u8 = build_train_loader(records, **kw, output="uint8")
+    assert auto.normalize_in_loader and not u8.normalize_in_loader
+    for a, b in zip(auto, u8, strict=True):
+        assert a.normalized and a.images.is_floating_point()
+        assert b.images.dtype == torch.uint8 and b.images.shape == (8, H, W, 3)
+        assert torch.equal(to_model_input(a), to_model_input(b))
+    ev = build_eval_loader(records, height=H, width=W, batch_size=7, loader="torch", num_workers=0, output="uint8")
+    assert all(b.images.dtype == torch.uint8 for b in ev)
+    for build in (build_train_loader, build_eval_loader):
+        with pytest.raises(ValueError, match=r"--loader_output must be one of auto, float, uint8, got 'half'"):
+            build(records, height=H, width=W, loader="torch", num_workers=0, output="half")

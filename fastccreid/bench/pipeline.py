@@ -5,6 +5,11 @@ Fast row: ``build_train_loader(loader="dali")`` + ``to_model_input``, with ``num
 GPU, DALI decodes with ``device="mixed"`` and ships uint8 that ``to_model_input`` normalises there; on a CPU-only
 machine DALI normalises inside its own threads (cheaper than in the training thread). ``extra`` also has our torch
 fallback loader (``--loader torch``, same end point: ``torch_fallback_img_per_s``).
+Fast-uint8 row: the same DALI pipeline handing out uint8 batches (``output="uint8"``): decode + augment end at a
+uint8 [32, 384, 192, 3] batch on the model's device, and the normalisation (``to_model_input``, a few elementwise
+passes) moves into the model's step, where a GPU does it in microseconds. ``extra`` gives that step's cost measured
+here (``to_model_input_ms_per_batch``) and the throughput when this CPU's consumer thread also does it
+(``with_to_model_input_img_per_s``), so the row is not read as free work.
 Reference row: the seed's DataLoader (``fastccreid.reference.dataloader``: PIL + torchvision transform producing
 normalised float per image in the workers, the seed's sampler) with the same worker count.
 Each timed run is one full epoch of the synthetic training set, including the per-epoch worker / pipeline start-up
@@ -57,6 +62,20 @@ def _interleaved(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, l
     return times
 
 
+def _normalize_ms(loader, finish, reps: int = 7) -> float:
+    """Median ms of ``finish`` (uint8 -> normalised float) on one of ``loader``'s batches."""
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        finish(batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
 def run(quick: bool) -> list[BenchRow]:
     from fastccreid.data import build_dataset
     from fastccreid.data.loaders import build_train_loader, to_model_input
@@ -75,6 +94,7 @@ def run(quick: bool) -> list[BenchRow]:
             common = dict(height=OUT_H, width=OUT_W, batch_size=32, num_instances=4, seed=0, device=device,
                           num_workers=WORKERS)
             fast = build_train_loader(ds.train, loader="dali", **common)
+            fast_u8 = build_train_loader(ds.train, loader="dali", output="uint8", **common)
             fallback = build_train_loader(ds.train, loader="torch", **common)
             ref = build_reference_loaders(ds, height=OUT_H, width=OUT_W, train_batch=32, num_instances=4,
                                           num_workers=WORKERS, use_gpu=device.type == "cuda").train
@@ -83,12 +103,19 @@ def run(quick: bool) -> list[BenchRow]:
                 "fast": _epoch_fn(fast, to_model_input),
                 "reference": _epoch_fn(ref, lambda b: b[0].to(device)),
                 "torch": _epoch_fn(fallback, to_model_input),
+                "uint8": _epoch_fn(fast_u8, lambda b: b.images),
+                "uint8+normalize": _epoch_fn(fast_u8, to_model_input),
             }, repeats)
+            norm_ms = _normalize_ms(fast_u8, to_model_input)
             med = {k: statistics.median(v) for k, v in times.items()}
             extra = {"workers": WORKERS, "device": str(device), "train_images": len(ds.train),
                      "torch_fallback_img_per_s": n_fast / med["torch"]}
             rows.append(BenchRow("pipeline", case, "fast", med["fast"], n_fast / med["fast"], peak_rss_bytes(),
                                  repeats, n_fast, extra))
+            rows.append(BenchRow("pipeline", case, "fast-uint8", med["uint8"], n_fast / med["uint8"], peak_rss_bytes(),
+                                 repeats, n_fast, {"workers": WORKERS, "device": str(device), "output": "uint8",
+                                                   "to_model_input_ms_per_batch": norm_ms,
+                                                   "with_to_model_input_img_per_s": n_fast / med["uint8+normalize"]}))
             rows.append(BenchRow("pipeline", case, "reference", med["reference"], n_ref / med["reference"],
                                  peak_rss_bytes(), repeats, n_ref, {"workers": WORKERS, "device": str(device)}))
     return rows

@@ -30,6 +30,10 @@ from fastccreid.data.transforms import (
 )
 
 LOADER_CHOICES = ("auto", "dali", "torch")
+# What a loader hands out: "float" = normalised float batches finished in the loader's own threads / workers;
+# "uint8" = uint8 HWC batches on the model's device that ``to_model_input`` normalises there (into the model's first
+# step); "auto" = float on a CPU-only run, uint8 on an accelerator.
+OUTPUT_CHOICES = ("auto", "float", "uint8")
 _NOTICES: set[tuple[str, str]] = set()  # (backend, reason) lines already printed by this process
 
 
@@ -73,6 +77,15 @@ def to_model_input(batch_or_images: Batch | torch.Tensor, *, channels_last: bool
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return images.to(dtype).contiguous(memory_format=fmt)
     return normalize_on_device(images, boxes, valid, channels_last=channels_last, dtype=dtype)
+
+
+def normalizes_in_loader(output: str, device: torch.device) -> bool:
+    """Resolve ``output`` (see OUTPUT_CHOICES) for ``device``: True when the loader hands out normalised floats."""
+    if output not in OUTPUT_CHOICES:
+        raise ValueError(f"--loader_output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
+    if output == "auto":
+        return device.type == "cpu"
+    return output == "float"
 
 
 def choose_loader(loader: str, device: torch.device | str) -> tuple[str, str]:
@@ -248,7 +261,7 @@ class TrainLoader(EpochTrainLoader):
 
     def __init__(self, records: Sequence[ImageRecord], sampler: IdentitySampler, *, height: int, width: int,
                  device: torch.device, num_workers: int, pad: int, flip_p: float, erase_p: float, seed: int,
-                 skip_bad_images: bool) -> None:
+                 skip_bad_images: bool, normalize_in_loader: bool | None = None) -> None:
         self.records = records
         self.sampler = sampler
         self.device = device
@@ -257,7 +270,7 @@ class TrainLoader(EpochTrainLoader):
         self.dataset = _TrainSet(records, height, width, pad, flip_p, erase_p, seed, skip_bad_images)
         self.tracker = BadImageTracker(records, skip_bad_images)
         # CPU run: finish float batches in the workers; accelerator: ship uint8, to_model_input normalises there.
-        self.normalize_in_loader = device.type == "cpu"
+        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
 
     def batch_keys(self) -> list[list[tuple[int, int, int]]]:
         """This rank's batches of the epoch as (epoch, global position, index) keys."""
@@ -304,14 +317,15 @@ class EvalLoader(EpochEvalLoader):
     backend = "torch"
 
     def __init__(self, records: Sequence[ImageRecord], *, height: int, width: int, batch_size: int,
-                 device: torch.device, num_workers: int, skip_bad_images: bool) -> None:
+                 device: torch.device, num_workers: int, skip_bad_images: bool,
+                 normalize_in_loader: bool | None = None) -> None:
         self.records = records
         self.batch_size = batch_size
         self.device = device
         self.num_workers = num_workers
         self.dataset = _EvalSet(records, height, width, skip_bad_images)
         self.tracker = BadImageTracker(records, skip_bad_images)
-        self.normalize_in_loader = device.type == "cpu"
+        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
 
     def __iter__(self) -> Iterator[Batch]:
         normalize = self.normalize_in_loader
@@ -346,9 +360,11 @@ def _check_common(records: Sequence[ImageRecord], height: int, width: int, batch
 def build_train_loader(records: Sequence[ImageRecord], *, height: int = 384, width: int = 192, batch_size: int = 32,
                        num_instances: int = 8, seed: int = 0, device: torch.device | str = "cpu",
                        loader: str = "auto", num_workers: int = 2, pad: int = 10, flip_p: float = 0.5,
-                       erase_p: float = 0.5, skip_bad_images: bool = False, rank: int = 0, world_size: int = 1):
+                       erase_p: float = 0.5, skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
+                       output: str = "auto"):
     """The P x K training loader: ``.set_epoch(e)``, iterating yields this rank's ``Batch``es of the sampler's epoch
-    order, ``len`` = batches per epoch, ``.backend`` ("dali" | "torch"), ``.bad_images`` (files skipped so far)."""
+    order, ``len`` = batches per epoch, ``.backend`` ("dali" | "torch"), ``.bad_images`` (files skipped so far).
+    ``output``: "float" (normalised in the loader), "uint8" (normalised by ``to_model_input``) or "auto"."""
     _check_common(records, height, width, batch_size, num_workers)
     if pad < 0:
         raise ValueError(f"--pad_size must be >= 0, got {pad}")
@@ -361,7 +377,8 @@ def build_train_loader(records: Sequence[ImageRecord], *, height: int = 384, wid
     backend, reason = choose_loader(loader, device)
     _notice("train", backend, reason)
     kw = dict(height=height, width=width, device=device, num_workers=num_workers, pad=pad, flip_p=flip_p,
-              erase_p=erase_p, seed=seed, skip_bad_images=skip_bad_images)
+              erase_p=erase_p, seed=seed, skip_bad_images=skip_bad_images,
+              normalize_in_loader=normalizes_in_loader(output, device))
     if backend == "dali":
         from fastccreid.data.dali import DaliTrainLoader
 
@@ -371,15 +388,17 @@ def build_train_loader(records: Sequence[ImageRecord], *, height: int = 384, wid
 
 def build_eval_loader(records: Sequence[ImageRecord], *, height: int = 384, width: int = 192, batch_size: int = 128,
                       device: torch.device | str = "cpu", loader: str = "auto", num_workers: int = 2,
-                      skip_bad_images: bool = False):
+                      skip_bad_images: bool = False, output: str = "auto"):
     """The evaluation loader: records in order, batches of ``batch_size``, the last partial batch kept; skipped
-    unreadable images are absent from the batches (their ``indices`` say which images each batch holds)."""
+    unreadable images are absent from the batches (their ``indices`` say which images each batch holds).
+    ``output`` as in ``build_train_loader``."""
     _check_common(records, height, width, batch_size, num_workers)
     device = torch.device(device)
+    normalize = normalizes_in_loader(output, device)
     backend, reason = choose_loader(loader, device)
     _notice("eval", backend, reason)
     kw = dict(height=height, width=width, batch_size=batch_size, device=device, num_workers=num_workers,
-              skip_bad_images=skip_bad_images)
+              skip_bad_images=skip_bad_images, normalize_in_loader=normalize)
     if backend == "dali":
         from fastccreid.data.dali import DaliEvalLoader
 

@@ -45,6 +45,7 @@ class EvalConfig:
     skip_bad_images: bool = False
     static_batch: bool = False  # pad the last batch to batch_size so a compiled model sees one shape
     progress: bool = True
+    loader_output: str = "auto"  # "float" | "uint8" | "auto": see fastccreid.data.loaders.OUTPUT_CHOICES
 
 
 @dataclass
@@ -84,7 +85,7 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], records: lis
     if shard:
         loader = build_eval_loader(shard, height=cfg.height, width=cfg.width, batch_size=cfg.batch_size,
                                    device=ctx.device, loader=cfg.loader, num_workers=cfg.num_workers,
-                                   skip_bad_images=cfg.skip_bad_images)
+                                   skip_bad_images=cfg.skip_bad_images, output=cfg.loader_output)
         batches = loader
         if cfg.progress and ctx.is_main:
             from tqdm import tqdm
