@@ -37,3 +37,11 @@ def test_time_median_counts_calls():
     calls = []
     t = time_median(lambda: calls.append(1), repeats=5, warmup=2)
     assert len(calls) == 7 and t >= 0
+
+
+def test_variant_rows_get_their_speedup_from_items_per_second():
+    rows = [BenchRow("pipeline", "jpeg", "fast", 0.25, 1000.0, 2**30),
+            BenchRow("pipeline", "jpeg", "fast-uint8", 0.2, 1250.0, 2**30),
+            BenchRow("pipeline", "jpeg", "reference", 0.5, 500.0, 2**30)]
+    lines = format_table(rows).splitlines()
+    assert lines[2].endswith("| 2.0x |") and lines[3].endswith("| 2.5x |") and lines[4].endswith("|  |")

@@ -86,7 +86,8 @@ def hardware() -> dict[str, Any]:
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """Markdown table: each case's fast and reference rows with the speed-up on the fast row."""
+    """Markdown table: each case's rows, with the speed-up over the case's reference row (items/s ratio) on every
+    other path (fast, and variants such as the pipeline's fast-uint8)."""
     ref = {(r.suite, r.case): r for r in rows if r.path == "reference"}
     lines = [
         "| suite | case | path | median (s) | items/s | peak RSS (MiB) | speed-up |",
@@ -94,7 +95,9 @@ def format_table(rows: list[BenchRow]) -> str:
     ]
     for r in rows:
         base = ref.get((r.suite, r.case))
-        speed = f"{base.median_s / r.median_s:.1f}x" if r.path == "fast" and base and r.median_s > 0 else ""
+        speed = ""
+        if base is not None and r is not base and r.items_per_s > 0 and base.items_per_s > 0:
+            speed = f"{r.items_per_s / base.items_per_s:.1f}x"
         lines.append(
             f"| {r.suite} | {r.case} | {r.path} | {r.median_s:.4f} | {r.items_per_s:,.1f} | "
             f"{r.peak_rss_bytes / 2**20:,.0f} | {speed} |"
