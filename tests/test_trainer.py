@@ -78,6 +78,18 @@ def test_resume_continues_exactly(data_root, straight, tmp_path):
         assert f.readline().startswith("epoch,lr,id_loss,tri_loss")
 
 
+def test_uint8_loader_output_trains_the_same_weights(data_root, straight, tmp_path):
+    """--loader_output uint8: the loader hands uint8 batches and the step normalises them; same weights as the
+    default float batches normalised in the loader."""
+    weights, _ = straight
+    tr = Trainer(make_args(data_root, str(tmp_path), "--max_epoch", "2", "--loader_output", "uint8"), log=_Lines())
+    assert not tr.train_loader.normalize_in_loader
+    assert tr.fit() == EXIT_OK
+    got = _params(tr.model)
+    for k in weights:
+        assert torch.equal(got[k], weights[k]), k
+
+
 class _InterruptAt:
     """Wraps the train loader: sends this process a real SIGINT just before yielding batch ``n``, so the flag is
     seen when step ``n``'s losses are reduced and the run stops after step ``n``."""
