@@ -172,8 +172,30 @@ def _gid_fn(use_compile: bool):
     return _GID_COMPILED
 
 
+class _Workspace:
+    """Scratch buffers reused across the tiles and query chunks of one ``rank_stats`` call. A fresh multi-MB
+    temporary per tile is a new memory mapping whose first touch page-faults again (measured in this VM: ~1.4 ms
+    per MB, as much as the arithmetic on it)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised [shape] view of buffer ``name``, grown when too small."""
+        n = math.prod(shape)
+        b = self.bufs.get(name)
+        if b is None or b.numel() < n or b.dtype != dtype:
+            b = self.bufs[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return b[:n].view(shape)
+
+
+def _scratch(ws: _Workspace | None, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    return ws.get(name, shape, dtype) if ws is not None else torch.empty(shape, dtype=dtype, device=device)
+
+
 def _place(dist: torch.Tensor, col0, ms_pad, ms, msidx, hist: torch.Tensor, nmatch: torch.Tensor,
-           use_compile: bool = False) -> None:
+           use_compile: bool = False, ws: _Workspace | None = None) -> None:
     """Add each non-match of a distance tile [C, T] (same-pid entries already +inf; column j is gallery item
     ``col0 + j``, or ``col0[j]`` when col0 is an index tensor [T]) to
     hist [C, Rmax+2] at p = number of matches ranked before it (ties: the match first iff its index is smaller).
@@ -209,7 +231,7 @@ def _place(dist: torch.Tensor, col0, ms_pad, ms, msidx, hist: torch.Tensor, nmat
     row_off = (torch.arange(c, device=dev, dtype=torch.int32) * (rmax + 2))[:, None]
     # int32 table: a decided bin holds its global histogram bin, an undecided one the sentinel
     table = (below + row_off).masked_fill_(near > 0, sentinel)
-    gid = torch.empty(dist.shape, dtype=torch.int32, device=dev)
+    gid = _scratch(ws, "gid", tuple(dist.shape), torch.int32, dev)
     rb = max(4, _L2_BYTES // (16 * t))  # row blocks that stay in cache across the passes
     if use_compile:
         fn = _gid_fn(True)
@@ -219,8 +241,8 @@ def _place(dist: torch.Tensor, col0, ms_pad, ms, msidx, hist: torch.Tensor, nmat
     else:
         # the eager passes write into two reused block buffers: fresh multi-MB temporaries per block would each
         # pay their first-touch page faults again
-        xb = torch.empty((min(rb, c), t), dtype=dist.dtype, device=dev)
-        ib = torch.empty((min(rb, c), t), dtype=torch.int64, device=dev)
+        xb = _scratch(ws, "bins_f", (min(rb, c), t), dist.dtype, dev)
+        ib = _scratch(ws, "bins_i", (min(rb, c), t), torch.int64, dev)
         for r0 in range(0, c, rb):
             r1 = min(c, r0 + rb)
             x, idx = xb[: r1 - r0], ib[: r1 - r0]
@@ -270,7 +292,8 @@ def _col_index(gi: torch.Tensor, col0) -> torch.Tensor:
     return col0[gi] if isinstance(col0, torch.Tensor) else gi + col0
 
 
-def _chunk_stats(dist: torch.Tensor, m: _Matches, use_compile: bool = False) -> tuple[torch.Tensor, ...]:
+def _chunk_stats(dist: torch.Tensor, m: _Matches, use_compile: bool = False,
+                 ws: _Workspace | None = None) -> tuple[torch.Tensor, ...]:
     """Exact stats for a chunk from its distances [C, G] (our own buffer: it is overwritten).
 
     Returns first_rank [C], ap [C] float64, inp [C] float64, num_matches [C]."""
@@ -278,7 +301,7 @@ def _chunk_stats(dist: torch.Tensor, m: _Matches, use_compile: bool = False) -> 
     # Same-pid entries (matches and junk) leave the non-match pool: +inf sorts after every real match.
     dist.scatter_(1, m.idx, torch.full((), math.inf, dtype=dist.dtype, device=dist.device).expand(m.idx.shape))
     hist = torch.zeros(dist.shape[0], ms.shape[1] + 2, dtype=torch.int64, device=dist.device)
-    _place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile)
+    _place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
     return _stats_from_hist(hist[:, : ms.shape[1]], nmatch)
 
 
@@ -385,7 +408,8 @@ class _RowView:
 
     def __init__(self, x: torch.Tensor, perm: torch.Tensor):
         self.x, self.perm = x, perm
-        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.shape = torch.Size((perm.shape[0], *x.shape[1:]))
+        self.dtype, self.device = x.dtype, x.device
 
     def __getitem__(self, sl: slice) -> torch.Tensor:
         return self.x[self.perm[sl]]
@@ -412,22 +436,23 @@ _MM_TILE = 1024  # gallery rows per matmul tile: 8 MB at D = 2048, reused from c
 
 
 def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Tensor | None = None,
-                            tile: int = _MM_TILE) -> torch.Tensor:
+                            tile: int = _MM_TILE, ws: _Workspace | None = None, name: str = "dist") -> torch.Tensor:
     """``_seed_sqeuclidean(q, seed_normalize(g) if normalize else g)`` [C, G], bit-identical, tile by tile of
     gallery rows into one [C, G] buffer. Each tile is normalised into one reused [tile, D] buffer: a fresh
     normalised [G, D] copy costs more in first-touch page faults than the normalising itself, and a cached tile
     multiplies faster than one [C, D] x [D, G] call (measured at 493 x 7,050 x 2,048 on a 2-core AMD EPYC: 99 ms
-    for normalise + distances vs 146 ms). ``g`` rows may be a ``_RowView``; ``gg`` [G] caches the squared norms."""
+    for normalise + distances vs 146 ms). ``g`` rows may be a ``_RowView``; ``gg`` [G] caches the squared norms.
+    With a workspace the result is its buffer ``name`` (valid until that buffer is asked for again)."""
     c, ng = q.shape[0], g.shape[0]
     dt = q.dtype
     qq = _sq_norms(q)
-    out = torch.empty((c, ng), dtype=dt, device=q.device)
+    out = _scratch(ws, name, (c, ng), dt, q.device)
     # Equal tiles of at least ``tile`` rows: the BLAS takes other code paths for very narrow products (seen here:
     # fewer than 64 columns), whose sums are rounded differently; wide ones give the one-shot product's bits.
     step = -(-ng // max(1, ng // tile))
     copy = normalize or g.dtype != dt or isinstance(g, _RowView)
-    buf = torch.empty((min(step, ng), g.shape[1]), dtype=dt, device=q.device) if copy else None
-    sq_tmp = torch.empty((min(128, ng), g.shape[1]), dtype=dt, device=q.device) if gg is None else None
+    buf = _scratch(ws, "gallery_tile", (min(step, ng), g.shape[1]), dt, q.device) if copy else None
+    sq_tmp = _scratch(ws, "squares", (min(128, ng), g.shape[1]), dt, q.device) if gg is None else None
     for t0 in range(0, ng, step):
         t1 = min(ng, t0 + step)
         if buf is None:
@@ -490,7 +515,8 @@ class _Gallery:
 
 
 def _tiled_chunk_stats(qs: torch.Tensor, gal: _Gallery, metric: str, m: _Matches,
-                       lowp: torch.dtype | None = None, use_compile: bool = False) -> tuple[torch.Tensor, ...]:
+                       lowp: torch.dtype | None = None, use_compile: bool = False,
+                       ws: _Workspace | None = None) -> tuple[torch.Tensor, ...]:
     """Stats of a pid-sorted query chunk [C, D] against a gallery streamed in pid-ordered tiles; only [C, tile]
     distance blocks are held (plus the few tiles holding the chunk's same-pid items, kept for reuse).
 
@@ -507,14 +533,22 @@ def _tiled_chunk_stats(qs: torch.Tensor, gal: _Gallery, metric: str, m: _Matches
     keep_cached = len(match_tiles) <= 4  # else recompute them later rather than hold many [C, tile] blocks
     md = torch.full(pos.shape, math.inf, dtype=torch.float32 if lowp is not None else qs.dtype, device=dev)
     cached = {}
+    streamed = lowp is None and metric in ("sqeuclidean", "euclidean") and qs.dtype == torch.float32
 
-    def tile_dist(ti: int):
+    def tile_dist(ti: int, keep: bool = False):
         t0, t1 = ti * gal.tile, min(ng, (ti + 1) * gal.tile)
-        d = _chunk_distance(qs, gal.rows(t0, t1), metric, gal.cache(t0, t1) if metric != "cosine" else None, lowp)
-        return t0, t1, d
+        if not streamed:
+            rows = gal.rows(t0, t1)
+            return t0, t1, _chunk_distance(qs, rows, metric, gal.cache(t0, t1) if metric != "cosine" else None, lowp)
+        # fp32 euclidean: the gallery-tiled matmul into the workspace's buffer (a kept tile gets its own), each
+        # sub-tile normalised into a reused buffer when the gallery has no normalised copy
+        src = _RowView(gal.g, gal.perm[t0:t1]) if gal.perm is not None and not gal.permuted else gal.g[t0:t1]
+        d = _seed_sqeuclidean_tiled(qs, src, normalize=gal.on_the_fly, gg=gal.cache(t0, t1),
+                                    ws=None if keep else ws)
+        return t0, t1, d.clamp_(min=1e-12).sqrt_() if metric == "euclidean" else d
 
     for ti in match_tiles:
-        t0, t1, d = tile_dist(ti)
+        t0, t1, d = tile_dist(ti, keep=keep_cached)
         inside = (pos >= t0) & (pos < t1)
         md[inside] = d[rows_same[inside], pos[inside] - t0]
         if keep_cached:
@@ -525,7 +559,7 @@ def _tiled_chunk_stats(qs: torch.Tensor, gal: _Gallery, metric: str, m: _Matches
         t0, t1, d = cached.pop(ti) if ti in cached else tile_dist(ti)
         inside = (pos >= t0) & (pos < t1)
         d[rows_same[inside], pos[inside] - t0] = math.inf  # same-pid entries leave the non-match pool
-        _place(d, gal.perm[t0:t1], ms_pad, ms, msidx, hist, nmatch, use_compile)
+        _place(d, gal.perm[t0:t1], ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
     return _stats_from_hist(hist[:, : ms.shape[1]], nmatch)
 
 
@@ -658,6 +692,7 @@ def rank_stats(
     env = os.environ.get("FASTCCREID_COMPILE", "").strip()
     use_compile = env == "1" or (env != "0" and device.type == "cpu" and nq * ng >= _COMPILE_MIN_PAIRS)
     qf = seed_normalize(q) if normalize else q.to(_work_dtype(q))
+    ws = _Workspace(device)
     if ntiles > 1:
         # process queries in pid order: a chunk's matches then share gallery rows (cheaper match gathers)
         cand = cand[torch.sort(qp[cand], stable=True).indices]
@@ -669,16 +704,16 @@ def rank_stats(
         qs = qf[int(qi[0]) : int(qi[-1]) + 1] if contiguous and ntiles == 1 else qf[qi]  # a view, no copy
         if ntiles == 1:
             if one_pass:
-                d = _seed_sqeuclidean_tiled(qs, g, normalize=True)
+                d = _seed_sqeuclidean_tiled(qs, g, normalize=True, ws=ws)
             elif streamed:
-                d = _seed_sqeuclidean_tiled(qs, gal.g, normalize=gal.on_the_fly, gg=gal.gg)
+                d = _seed_sqeuclidean_tiled(qs, gal.g, normalize=gal.on_the_fly, gg=gal.gg, ws=ws)
             else:
                 d = _chunk_distance(qs, gal.rows(0, ng), metric, gal.cache(0, ng), lowp)
             if streamed and metric == "euclidean":
                 d = d.clamp_(min=1e-12).sqrt_()
-            f, a, i, n = _chunk_stats(d, m, use_compile)
+            f, a, i, n = _chunk_stats(d, m, use_compile, ws)
         else:
-            f, a, i, n = _tiled_chunk_stats(qs, gal, metric, m, lowp, use_compile)
+            f, a, i, n = _tiled_chunk_stats(qs, gal, metric, m, lowp, use_compile, ws)
         first[qi], ap[qi], inp[qi], nmatch[qi] = f, a, i, n
     return _finish(first, ap, inp, nmatch)
 

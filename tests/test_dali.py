@@ -91,6 +91,12 @@ def test_epoch_is_the_samplers_pk_and_seeded_runs_repeat(records):
     assert all(torch.equal(a.images, b.images) for a, b in zip(again, batches, strict=True))
     loader.set_epoch(2)
     assert torch.cat([b.indices for b in loader]).tolist() == sampler.epoch_indices(2)
+    # a mid-epoch resume starts at batch 2: the same batches (images, augmentation) as the whole epoch's tail
+    again.set_epoch(1, start_batch=2)
+    tail = list(again)
+    assert len(tail) == len(batches) - 2 and len(again) == len(batches)
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+               for a, b in zip(tail, batches[2:], strict=True))
 
 
 def test_image_formats(tmp_path):

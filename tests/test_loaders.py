@@ -140,6 +140,14 @@ def test_train_batches_are_the_samplers_epoch_pk_and_repeat(records):
     first = list(again)
     assert all(torch.equal(a.images, b.images) and torch.equal(a.erase_boxes, b.erase_boxes)
                for a, b in zip(first, batches, strict=True))
+    # A mid-epoch resume (start_batch) yields exactly the epoch's remaining batches; a bad value is named.
+    again.set_epoch(1, start_batch=1)
+    tail = list(again)
+    assert len(tail) == len(batches) - 1
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.erase_boxes, b.erase_boxes)
+               for a, b in zip(tail, batches[1:], strict=True))
+    with pytest.raises(ValueError, match="start_batch must be a non-negative integer"):
+        again.set_epoch(1, start_batch=-1)
     # Workers do not change the result (parameters are per position, not per worker).
     w1 = build_train_loader(records, **{**kw, "num_workers": 1})  # normalising in the worker this time
     w1.set_epoch(1)

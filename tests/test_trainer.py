@@ -97,8 +97,8 @@ class _InterruptAt:
     def __init__(self, loader, n: int) -> None:
         self.loader, self.n = loader, n
 
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.loader.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -222,7 +222,7 @@ class DaliTrainLoader(EpochTrainLoader):
     def __iter__(self) -> Iterator[Batch]:
         plan = self._plan()
         share = self.sampler.batch_size // self.sampler.world_size
-        start = 0
+        start = self.start_batch  # a resumed epoch's first batches are never handed to DALI
         while start < len(plan):
             # A fresh pipeline per epoch (and after a skipped decode failure): its state is (seed, epoch, batch).
             source = _Source(self.records, plan[start:], self.tracker, self.aug, self.epoch)

@@ -241,13 +241,19 @@ class EpochTrainLoader:
     sampler: IdentitySampler
     tracker: BadImageTracker
     epoch: int
+    start_batch: int = 0
 
     @property
     def bad_images(self) -> int:
         return self.tracker.count
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch`` (it fixes the sampler's order); iterating then starts at batch ``start_batch``
+        (a mid-epoch resume: the batches before it are neither read nor decoded). ``len`` stays the whole epoch."""
+        if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
+            raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}")
         self.epoch = epoch
+        self.start_batch = start_batch
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
@@ -282,7 +288,8 @@ class TrainLoader(EpochTrainLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         normalize = self.normalize_in_loader
-        loader = DataLoader(self.dataset, batch_sampler=self.batch_keys(), num_workers=self.num_workers,
+        loader = DataLoader(self.dataset, batch_sampler=self.batch_keys()[self.start_batch:],
+                            num_workers=self.num_workers,
                             collate_fn=partial(_collate_train, normalize=normalize),
                             pin_memory=self.device.type == "cuda")
         for images, indices, boxes, bad in loader:

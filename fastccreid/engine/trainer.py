@@ -382,7 +382,7 @@ class Trainer:
         epoch1 = epoch + 1  # the seed's train() receives epoch + 1
         use_triplet = epoch1 > a.tri_start_epoch
         self.train_net.train()
-        self.train_loader.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch, start_batch=skip)  # a resume neither reads nor decodes the done steps
         total_steps = self.steps_per_epoch()
         sums = torch.zeros(3, dtype=torch.float64)
         steps = images = 0
@@ -396,11 +396,9 @@ class Trainer:
         t0 = time.perf_counter()
         interrupted = False
         skip_done = 0
-        for step, batch in enumerate(self.train_loader):
+        for step, batch in enumerate(self.train_loader, start=skip):
             if step >= total_steps:
                 break
-            if step < skip:
-                continue
             x = to_model_input(batch, channels_last=a.channels_last, dtype=torch.float32)
             pids = torch.as_tensor(batch.pids).to(self.device, non_blocking=True)
             with self.amp.autocast():
