@@ -313,3 +313,21 @@ def test_loader_output_choices(records):
     for build in (build_train_loader, build_eval_loader):
         with pytest.raises(ValueError, match=r"--loader_output must be one of auto, float, uint8, got 'half'"):
             build(records, height=H, width=W, loader="torch", num_workers=0, output="half")
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_16bit_grayscale_png_scales_to_8_bits(tmp_path, backend):
+    """A 16-bit grayscale PNG decodes as its 8-bit picture (v * 255 / 65535, as DALI's decoder), not PIL's
+    convert('RGB') clipped to white; both loaders agree with the 8-bit PNG of the same picture."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    a = _image(5)[..., 0]
+    Image.fromarray(a).save(tmp_path / "gray8.png")
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    with Image.open(tmp_path / "gray16.png") as im:
+        assert im.mode.startswith("I")  # really a 16-bit image
+    recs = [ImageRecord(str(tmp_path / n), 0, 0, 0) for n in ("gray8.png", "gray16.png")]
+    (batch,) = list(build_eval_loader(recs, height=H, width=W, batch_size=2, loader=backend, num_workers=1))
+    x = to_model_input(batch)
+    assert torch.equal(x[0], x[1])
+    assert x[1].min().item() < 0  # not PIL's clipped white (>= 2.2 everywhere in normalised units)

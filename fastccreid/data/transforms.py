@@ -110,9 +110,22 @@ def load_rgb(path: str) -> Image.Image:
         raise bad_image(path, "no such file")
     try:
         with Image.open(path) as im:
+            if im.mode in _WIDE_GRAY_MODES:
+                return _wide_gray_to_rgb(im)
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated / unidentified data
         raise bad_image(path, str(e)) from None
+
+
+# 16-bit grayscale (PNG / TIFF). PIL's convert("RGB") clips these to 255 (a white image); they are scaled to 8 bits
+# instead, as DALI's decoder does (round(v * 255 / 65535)), so both input paths see the same picture.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _wide_gray_to_rgb(im: Image.Image) -> Image.Image:
+    v = np.asarray(im, dtype=np.float64)
+    g = np.clip(np.rint(v * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), "RGB")
 
 
 def resize_uint8(img: Image.Image, height: int, width: int) -> np.ndarray:
