@@ -139,7 +139,7 @@ def _sorted_matches(md: torch.Tensor, m: _Matches):
 
 
 _COMPILE_MIN_PAIRS = 2_000_000_000  # Q×G from which the compiled per-element lookup is used on CPU
-_LUT_BINS = 4096  # bins between a row's first and last match distance for the lookup-table placement
+_LUT_BINS = 2048  # bins between a row's first and last match distance for the lookup-table placement
 _LUT_MIN_COLS = 2048  # below this many columns a binary search per element is as cheap
 _L2_BYTES = 8 << 20  # row blocks of the lookup-table passes (few, large: many small ops stall OpenMP threads)
 
@@ -174,8 +174,9 @@ def _gid_fn(use_compile: bool):
 
 class _Workspace:
     """Scratch buffers reused across the tiles and query chunks of one ``rank_stats`` call. A fresh multi-MB
-    temporary per tile is a new memory mapping whose first touch page-faults again (measured in this VM: ~1.4 ms
-    per MB, as much as the arithmetic on it)."""
+    temporary per tile is a new memory mapping whose first touch page-faults again (~0.3 ms per MB on the 2-core
+    EPYC, more in other VMs: as much as the arithmetic on it). Transparent huge pages were tried for these buffers
+    and were slower here (the kernel compacts memory on the fault)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -231,37 +232,43 @@ def _place(dist: torch.Tensor, col0, ms_pad, ms, msidx, hist: torch.Tensor, nmat
     row_off = (torch.arange(c, device=dev, dtype=torch.int32) * (rmax + 2))[:, None]
     # int32 table: a decided bin holds its global histogram bin, an undecided one the sentinel
     table = (below + row_off).masked_fill_(near > 0, sentinel)
-    gid = _scratch(ws, "gid", tuple(dist.shape), torch.int32, dev)
     rb = max(4, _L2_BYTES // (16 * t))  # row blocks that stay in cache across the passes
-    if use_compile:
-        fn = _gid_fn(True)
-        for r0 in range(0, c, rb):
-            r1 = min(c, r0 + rb)
-            gid[r0:r1] = fn(dist[r0:r1], c2[r0:r1], iw[r0:r1], table[r0:r1], k)
-    else:
-        # the eager passes write into two reused block buffers: fresh multi-MB temporaries per block would each
-        # pay their first-touch page faults again
-        xb = _scratch(ws, "bins_f", (min(rb, c), t), dist.dtype, dev)
-        ib = _scratch(ws, "bins_i", (min(rb, c), t), torch.int64, dev)
-        for r0 in range(0, c, rb):
-            r1 = min(c, r0 + rb)
-            x, idx = xb[: r1 - r0], ib[: r1 - r0]
+    fn = _gid_fn(True) if use_compile else None
+    # the eager passes write into three reused block buffers (fresh multi-MB temporaries per block would each pay
+    # their first-touch page faults again); each block's table entries are counted and its undecided elements
+    # listed while the block is in cache, so no [C, T] index array is ever built
+    xb = _scratch(ws, "bins_f", (min(rb, c), t), dist.dtype, dev)
+    ib = _scratch(ws, "bins_i", (min(rb, c), t), torch.int64, dev)
+    gb = _scratch(ws, "gid", (min(rb, c), t), torch.int32, dev)
+    flat = torch.zeros(sentinel + 1, dtype=torch.int64, device=dev)
+    undecided_q, undecided_g = [], []
+    for r0 in range(0, c, rb):
+        r1 = min(c, r0 + rb)
+        if fn is not None:
+            gid = fn(dist[r0:r1], c2[r0:r1], iw[r0:r1], table[r0:r1], k)
+        else:
+            x, idx, gid = xb[: r1 - r0], ib[: r1 - r0], gb[: r1 - r0]
             torch.addcmul(c2[r0:r1], dist[r0:r1], iw[r0:r1], out=x).clamp_(0.0, float(k + 4))  # as _bins
-            torch.gather(table[r0:r1], 1, idx.copy_(x), out=gid[r0:r1])
-    flat = torch.bincount(gid.view(-1), minlength=sentinel + 1)
-    hot = flat[sentinel].item()
+            torch.gather(table[r0:r1], 1, idx.copy_(x), out=gid)
+        counts_b = torch.bincount(gid.view(-1), minlength=sentinel + 1)
+        flat += counts_b
+        if counts_b[sentinel].item():
+            qi, gi = (gid == sentinel).nonzero(as_tuple=True)
+            undecided_q.append(qi + r0)
+            undecided_g.append(gi)
     hist += flat[:sentinel].view(c, rmax + 2)
-    if hot:
-        _place_undecided(dist, gid == sentinel, col0, ms_pad, ms, msidx, hist)
+    if undecided_q:
+        _place_undecided(dist, torch.cat(undecided_q), torch.cat(undecided_g), col0, ms_pad, ms, msidx, hist)
 
 
-def _place_undecided(dist: torch.Tensor, undecided: torch.Tensor, col0, ms_pad, ms, msidx, hist) -> None:
-    """Exact placement of the elements whose bin is next to a match distance's bin (a few per cent of a tile).
+def _place_undecided(dist: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor, col0, ms_pad, ms, msidx,
+                     hist) -> None:
+    """Exact placement of the elements (qi, gi) (row-major order) whose bin is next to a match distance's bin
+    (a few per cent of a tile).
 
     They are packed row by row into a [C, max per row] block (+inf padding) and placed by one batched binary search
     against each row's sorted matches, which reads the match rows once instead of once per element."""
     c, rmax = dist.shape[0], ms.shape[1]
-    qi, gi = undecided.nonzero(as_tuple=True)  # row-major: grouped by row
     per_row = torch.bincount(qi, minlength=c)
     slot = torch.arange(qi.numel(), device=dist.device) - (per_row.cumsum(0) - per_row)[qi]
     vals = torch.full((c, int(per_row.max().item())), math.inf, dtype=dist.dtype, device=dist.device)
@@ -336,6 +343,11 @@ def _sq_norms_into(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
         b = x[s : s + rows]
         torch.sum(torch.mul(b, b, out=tmp[: b.shape[0]]), 1, out=out[s : s + rows])
     return out
+
+
+def _require_finite(x: torch.Tensor) -> None:
+    if not _all_finite(x):
+        raise ValueError("features contain NaN or Inf")
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -436,13 +448,16 @@ _MM_TILE = 1024  # gallery rows per matmul tile: 8 MB at D = 2048, reused from c
 
 
 def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Tensor | None = None,
-                            tile: int = _MM_TILE, ws: _Workspace | None = None, name: str = "dist") -> torch.Tensor:
+                            tile: int = _MM_TILE, ws: _Workspace | None = None, name: str = "dist",
+                            check_finite: bool = False) -> torch.Tensor:
     """``_seed_sqeuclidean(q, seed_normalize(g) if normalize else g)`` [C, G], bit-identical, tile by tile of
     gallery rows into one [C, G] buffer. Each tile is normalised into one reused [tile, D] buffer: a fresh
     normalised [G, D] copy costs more in first-touch page faults than the normalising itself, and a cached tile
     multiplies faster than one [C, D] x [D, G] call (measured at 493 x 7,050 x 2,048 on a 2-core AMD EPYC: 99 ms
     for normalise + distances vs 146 ms). ``g`` rows may be a ``_RowView``; ``gg`` [G] caches the squared norms.
-    With a workspace the result is its buffer ``name`` (valid until that buffer is asked for again)."""
+    With a workspace the result is its buffer ``name`` (valid until that buffer is asked for again).
+    ``check_finite`` (with ``normalize``): ValueError when a gallery row holds NaN or Inf, seen as a non-finite
+    squared norm of its normalised row (a finite row whose norm overflows normalises to 0, as the seed's)."""
     c, ng = q.shape[0], g.shape[0]
     dt = q.dtype
     qq = _sq_norms(q)
@@ -462,6 +477,8 @@ def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Te
         else:
             b = buf[: t1 - t0].copy_(g[t0:t1])
         gt = _sq_norms_into(b, sq_tmp) if gg is None else gg[t0:t1]
+        if check_finite and not bool(torch.isfinite(gt).all()):
+            raise ValueError("features contain NaN or Inf")
         o = out[:, t0:t1]
         torch.add(qq[:, None].expand(c, t1 - t0), gt[None, :].expand(c, t1 - t0), out=o)
         o.addmm_(q, b.t(), beta=1, alpha=-2)
@@ -633,11 +650,11 @@ def rank_stats(
             raise ValueError("distmat contains +-inf; distances must be finite")
         tensors = (dm,)
     else:
-        if not (_all_finite(q) and _all_finite(g)):
-            raise ValueError("features contain NaN or Inf")
+        _require_finite(q)  # the gallery is checked below, in its own pass where it is streamed once
         tensors = (q, g)
     use_triton = resolve_backend(backend, *tensors) == "triton"
     if use_triton and metric == "sqeuclidean":
+        _require_finite(g)
         from fastccreid.kernels._rank_stats_triton import rank_stats_triton
 
         qn, gn = (seed_normalize(q), seed_normalize(g)) if normalize else (q, g)
@@ -686,6 +703,8 @@ def rank_stats(
     # (fp64 keeps the one-shot product: tiled double products were seen to round differently.)
     streamed = ntiles == 1 and lowp is None and metric in ("sqeuclidean", "euclidean") and qf_dtype == torch.float32
     one_pass = streamed and normalize and cand.numel() <= rows
+    if not (one_pass and cand.numel() > 0):
+        _require_finite(g)  # (a single streamed pass finds NaN / Inf in the normalised tiles' squared norms)
     gal = None if one_pass else _Gallery(g, metric, normalize, tile, lowp, perm=index.order)
     # Very large CPU problems fuse the per-element lookup with torch.compile (a one-off compile of seconds pays off
     # only there); FASTCCREID_COMPILE=0 / 1 forces it off / on.
@@ -704,7 +723,7 @@ def rank_stats(
         qs = qf[int(qi[0]) : int(qi[-1]) + 1] if contiguous and ntiles == 1 else qf[qi]  # a view, no copy
         if ntiles == 1:
             if one_pass:
-                d = _seed_sqeuclidean_tiled(qs, g, normalize=True, ws=ws)
+                d = _seed_sqeuclidean_tiled(qs, g, normalize=True, ws=ws, check_finite=True)
             elif streamed:
                 d = _seed_sqeuclidean_tiled(qs, gal.g, normalize=gal.on_the_fly, gg=gal.gg, ws=ws)
             else:

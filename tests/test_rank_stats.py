@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -235,3 +236,23 @@ def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
     euc = rank_stats(q, g, metric="euclidean", normalize=True, **kw)
     ref_e = rank_stats(dm.clamp(min=1e-12).sqrt(), None, "precomputed", **kw)
     assert torch.equal(euc.ap, ref_e.ap) and torch.equal(euc.first_rank, ref_e.first_rank)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_gallery_is_an_error_on_every_path(bad):
+    """NaN / Inf in the gallery is found by the single streamed pass, by the up-front check of the chunked and
+    raw-feature paths, and when no query has a candidate match (nothing streamed); a finite row whose norm
+    overflows is not an error (it normalises to 0, as the seed's)."""
+    gen = torch.Generator().manual_seed(2)
+    q, g = torch.rand(6, 8, generator=gen), torch.rand(50, 8, generator=gen)
+    g[37, 3] = bad
+    kw = dict(q_pids=torch.arange(6) % 3, g_pids=torch.arange(50) % 3, junk=None)
+    for extra in (dict(normalize=True), dict(normalize=True, chunk_size=2), dict(normalize=False),
+                  dict(normalize=True, metric="euclidean")):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            rank_stats(q, g, **kw, **extra)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        rank_stats(q, g, q_pids=torch.full((6,), 7), g_pids=torch.arange(50) % 3, junk=None, normalize=True)
+    huge = torch.rand(50, 8, generator=gen)
+    huge[5] = 3e38
+    assert rank_stats(q, huge, **kw, normalize=True).valid.all()
