@@ -203,14 +203,13 @@ class DaliTrainLoader(EpochTrainLoader):
 
     def __init__(self, records: Sequence[ImageRecord], sampler: IdentitySampler, *, height: int, width: int,
                  device: torch.device, num_workers: int, pad: int, flip_p: float, erase_p: float, seed: int,
-                 skip_bad_images: bool, normalize_in_loader: bool | None = None) -> None:
+                 skip_bad_images: bool, normalize_in_loader: bool) -> None:
         self.records, self.sampler, self.device = records, sampler, device
         self.height, self.width, self.num_threads = height, width, num_workers
         self.aug = dict(seed=seed, height=height, width=width, pad=pad, flip_p=flip_p, erase_p=erase_p)
         self.tracker = BadImageTracker(records, skip_bad_images)
         self.epoch = 0
-        # see _build_pipeline.finish; uint8 out (False) leaves the float work to the model's device
-        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
+        self.normalize_in_loader = normalize_in_loader  # see _build_pipeline.finish
 
     def _plan(self) -> list[tuple[np.ndarray, np.ndarray]]:
         order = np.asarray(self.sampler.epoch_indices(self.epoch), dtype=np.int64)
@@ -265,11 +264,11 @@ class DaliEvalLoader(EpochEvalLoader):
 
     def __init__(self, records: Sequence[ImageRecord], *, height: int, width: int, batch_size: int,
                  device: torch.device, num_workers: int, skip_bad_images: bool,
-                 normalize_in_loader: bool | None = None) -> None:
+                 normalize_in_loader: bool) -> None:
         self.records, self.height, self.width = records, height, width
         self.batch_size, self.device, self.num_threads = batch_size, device, num_workers
         self.tracker = BadImageTracker(records, skip_bad_images)
-        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
+        self.normalize_in_loader = normalize_in_loader
 
     def __iter__(self) -> Iterator[Batch]:
         todo = np.arange(len(self.records), dtype=np.int64)  # records not yet returned

@@ -267,7 +267,7 @@ class TrainLoader(EpochTrainLoader):
 
     def __init__(self, records: Sequence[ImageRecord], sampler: IdentitySampler, *, height: int, width: int,
                  device: torch.device, num_workers: int, pad: int, flip_p: float, erase_p: float, seed: int,
-                 skip_bad_images: bool, normalize_in_loader: bool | None = None) -> None:
+                 skip_bad_images: bool, normalize_in_loader: bool) -> None:
         self.records = records
         self.sampler = sampler
         self.device = device
@@ -275,8 +275,8 @@ class TrainLoader(EpochTrainLoader):
         self.epoch = 0
         self.dataset = _TrainSet(records, height, width, pad, flip_p, erase_p, seed, skip_bad_images)
         self.tracker = BadImageTracker(records, skip_bad_images)
-        # CPU run: finish float batches in the workers; accelerator: ship uint8, to_model_input normalises there.
-        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
+        # True: finish float batches in the workers; False: ship uint8, to_model_input normalises on the device
+        self.normalize_in_loader = normalize_in_loader
 
     def batch_keys(self) -> list[list[tuple[int, int, int]]]:
         """This rank's batches of the epoch as (epoch, global position, index) keys."""
@@ -325,14 +325,14 @@ class EvalLoader(EpochEvalLoader):
 
     def __init__(self, records: Sequence[ImageRecord], *, height: int, width: int, batch_size: int,
                  device: torch.device, num_workers: int, skip_bad_images: bool,
-                 normalize_in_loader: bool | None = None) -> None:
+                 normalize_in_loader: bool) -> None:
         self.records = records
         self.batch_size = batch_size
         self.device = device
         self.num_workers = num_workers
         self.dataset = _EvalSet(records, height, width, skip_bad_images)
         self.tracker = BadImageTracker(records, skip_bad_images)
-        self.normalize_in_loader = device.type == "cpu" if normalize_in_loader is None else normalize_in_loader
+        self.normalize_in_loader = normalize_in_loader
 
     def __iter__(self) -> Iterator[Batch]:
         normalize = self.normalize_in_loader
