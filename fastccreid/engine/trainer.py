@@ -288,7 +288,7 @@ class Trainer:
         self.eval_cfg = EvalConfig(height=args.height, width=args.width, batch_size=args.test_batch, amp=self.amp,
                                    channels_last=args.channels_last, loader=args.loader, num_workers=args.num_workers,
                                    skip_bad_images=args.skip_bad_images, static_batch=self.compile,
-                                   loader_output=getattr(args, "loader_output", "auto"),
+                                   loader_output=args.loader_output,
                                    progress=not args.no_progress)
         self.metrics = MetricsLog(args.save_dir, self.ctx.is_main, resume_epoch=self.start_epoch)
         self._stop_requested = False
@@ -330,7 +330,7 @@ class Trainer:
                                   num_workers=a.num_workers, pad=a.pad_size, flip_p=a.horizontal_flip_pro,
                                   erase_p=a.random_erasing_pro, skip_bad_images=a.skip_bad_images,
                                   rank=self.ctx.rank, world_size=self.ctx.world_size,
-                                  output=getattr(a, "loader_output", "auto"))
+                                  output=a.loader_output)
 
     def steps_per_epoch(self) -> int:
         n = len(self.train_loader)
@@ -564,7 +564,7 @@ def run_evaluate(args: argparse.Namespace, ctx: DistContext, log: Callable[[str]
     cfg = EvalConfig(height=args.height, width=args.width, batch_size=args.test_batch, amp=amp,
                      channels_last=args.channels_last, loader=args.loader, num_workers=args.num_workers,
                      skip_bad_images=args.skip_bad_images, static_batch=use_compile, progress=not args.no_progress,
-                     loader_output=getattr(args, "loader_output", "auto"))
+                     loader_output=args.loader_output)
     if ctx.is_main:
         epoch = ck.get("epoch")
         log(f"Evaluate only: {args.resume}" + (f" (epoch {int(epoch) + 1})" if epoch is not None else "")
