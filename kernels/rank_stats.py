@@ -277,8 +277,7 @@ def _place_undecided(dist: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor, col
     p = torch.searchsorted(ms_pad, vals, side="left")[qi, slot]  # matches with a strictly smaller distance
     tie = (ms_pad[qi, p] == dv) & (dv != math.inf)
     if bool(tie.any()):  # the match ranks first iff its gallery index is smaller
-        a, v, col = qi[tie], dv[tie], _col_index(gi[tie], col0)
-        p[tie] += ((ms[a] == v[:, None]) & (msidx[a] < col[:, None])).sum(1)
+        p[tie] += _ties_before(ms, msidx, qi[tie], dv[tie], _col_index(gi[tie], col0))
     hist.view(-1).index_add_(0, qi * (rmax + 2) + p, torch.ones_like(p))
 
 
@@ -289,9 +288,14 @@ def _fix_ties(dist, p, ms_pad, ms, msidx, col0: int) -> torch.Tensor:
         tie &= dist != math.inf
         qi, gi = tie.nonzero(as_tuple=True)
         dv = dist[qi, gi]
-        extra = ((ms[qi] == dv[:, None]) & (msidx[qi] < _col_index(gi, col0)[:, None])).sum(1)
-        p[qi, gi] += extra
+        p[qi, gi] += _ties_before(ms, msidx, qi, dv, _col_index(gi, col0))
     return p
+
+
+def _ties_before(ms, msidx, rows: torch.Tensor, v: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """Per element (row, value v, gallery index col): the matches of its row at exactly v that rank before it
+    (a smaller gallery index: the stable sort's tie rule)."""
+    return ((ms[rows] == v[:, None]) & (msidx[rows] < col[:, None])).sum(1)
 
 
 def _col_index(gi: torch.Tensor, col0) -> torch.Tensor:
@@ -329,14 +333,11 @@ def _stats_from_hist(hist: torch.Tensor, nmatch: torch.Tensor) -> tuple[torch.Te
     return first, ap, inp, nmatch
 
 
-def _sq_norms(x: torch.Tensor, rows: int = 512) -> torch.Tensor:
-    """``x.pow(2).sum(1)`` [N] computed in row blocks: bit-identical to the one-shot form, without its N×D temp."""
-    return torch.cat([x[s : s + rows].pow(2).sum(1) for s in range(0, x.shape[0], rows)])
-
-
-def _sq_norms_into(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """``_sq_norms(x)`` [N] (the same bits: x*x is what pow(2) computes) with the squares in a small reused
-    buffer ``tmp`` [rows, D] instead of a fresh temporary per block."""
+def _sq_norms(x: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
+    """``x.pow(2).sum(1)`` [N] with that one-shot form's very bits (x*x is what pow(2) computes), built in row blocks
+    whose squares go to a small buffer ``tmp`` [rows, D] (reusable across calls) instead of an N×D temporary."""
+    if tmp is None:
+        tmp = torch.empty((max(1, min(512, x.shape[0])), x.shape[1]), dtype=x.dtype, device=x.device)
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     rows = tmp.shape[0]
     for s in range(0, x.shape[0], rows):
@@ -476,7 +477,7 @@ def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Te
             b = seed_normalize(g[t0:t1], out=buf[: t1 - t0])
         else:
             b = buf[: t1 - t0].copy_(g[t0:t1])
-        gt = _sq_norms_into(b, sq_tmp) if gg is None else gg[t0:t1]
+        gt = _sq_norms(b, sq_tmp) if gg is None else gg[t0:t1]
         if check_finite and not bool(torch.isfinite(gt).all()):
             raise ValueError("features contain NaN or Inf")
         o = out[:, t0:t1]
