@@ -237,9 +237,10 @@ def _place(dist: torch.Tensor, col0, ms_pad, ms, msidx, hist: torch.Tensor, nmat
     # the eager passes write into three reused block buffers (fresh multi-MB temporaries per block would each pay
     # their first-touch page faults again); each block's table entries are counted and its undecided elements
     # listed while the block is in cache, so no [C, T] index array is ever built
-    xb = _scratch(ws, "bins_f", (min(rb, c), t), dist.dtype, dev)
-    ib = _scratch(ws, "bins_i", (min(rb, c), t), torch.int64, dev)
-    gb = _scratch(ws, "gid", (min(rb, c), t), torch.int32, dev)
+    if fn is None:
+        xb = _scratch(ws, "bins_f", (min(rb, c), t), dist.dtype, dev)
+        ib = _scratch(ws, "bins_i", (min(rb, c), t), torch.int64, dev)
+        gb = _scratch(ws, "gid", (min(rb, c), t), torch.int32, dev)
     flat = torch.zeros(sentinel + 1, dtype=torch.int64, device=dev)
     undecided_q, undecided_g = [], []
     for r0 in range(0, c, rb):
@@ -449,20 +450,20 @@ _MM_TILE = 1024  # gallery rows per matmul tile: 8 MB at D = 2048, reused from c
 
 
 def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Tensor | None = None,
-                            tile: int = _MM_TILE, ws: _Workspace | None = None, name: str = "dist",
+                            tile: int = _MM_TILE, ws: _Workspace | None = None,
                             check_finite: bool = False) -> torch.Tensor:
     """``_seed_sqeuclidean(q, seed_normalize(g) if normalize else g)`` [C, G], bit-identical, tile by tile of
     gallery rows into one [C, G] buffer. Each tile is normalised into one reused [tile, D] buffer: a fresh
     normalised [G, D] copy costs more in first-touch page faults than the normalising itself, and a cached tile
     multiplies faster than one [C, D] x [D, G] call (measured at 493 x 7,050 x 2,048 on a 2-core AMD EPYC: 99 ms
     for normalise + distances vs 146 ms). ``g`` rows may be a ``_RowView``; ``gg`` [G] caches the squared norms.
-    With a workspace the result is its buffer ``name`` (valid until that buffer is asked for again).
+    With a workspace the result is its buffer "dist" (valid until that buffer is asked for again).
     ``check_finite`` (with ``normalize``): ValueError when a gallery row holds NaN or Inf, seen as a non-finite
     squared norm of its normalised row (a finite row whose norm overflows normalises to 0, as the seed's)."""
     c, ng = q.shape[0], g.shape[0]
     dt = q.dtype
     qq = _sq_norms(q)
-    out = _scratch(ws, name, (c, ng), dt, q.device)
+    out = _scratch(ws, "dist", (c, ng), dt, q.device)
     # Equal tiles of at least ``tile`` rows: the BLAS takes other code paths for very narrow products (seen here:
     # fewer than 64 columns), whose sums are rounded differently; wide ones give the one-shot product's bits.
     step = -(-ng // max(1, ng // tile))
@@ -695,14 +696,14 @@ def rank_stats(
         raise ValueError(f"precision={precision!r} is for metric='sqeuclidean' only")
     tile = tile or _TILE
     ntiles = -(-ng // tile)
-    qf_dtype = _work_dtype(q) if _work_dtype(q) == _work_dtype(g) else torch.float64
     # tiled galleries get bigger query chunks: each chunk re-streams (and maybe re-normalises) the whole gallery
     budget = _CHUNK_BYTES if ntiles == 1 else 3 * _CHUNK_BYTES
     rows = chunk_size or max(1, min(4096, budget // (24 * min(ng, tile))))
     # An untiled gallery's fp32 euclidean distances go through the gallery-tiled matmul; with a single query chunk
     # its tiles are normalised on the way (no normalised gallery copy at all).
     # (fp64 keeps the one-shot product: tiled double products were seen to round differently.)
-    streamed = ntiles == 1 and lowp is None and metric in ("sqeuclidean", "euclidean") and qf_dtype == torch.float32
+    streamed = (ntiles == 1 and lowp is None and metric in ("sqeuclidean", "euclidean")
+                and _work_dtype(q) == _work_dtype(g) == torch.float32)
     one_pass = streamed and normalize and cand.numel() <= rows
     if not (one_pass and cand.numel() > 0):
         _require_finite(g)  # (a single streamed pass finds NaN / Inf in the normalised tiles' squared norms)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench import BenchRow, peak_rss_bytes
+from fastccreid.bench import BenchRow, peak_rss_bytes, time_median
 
 WORKERS = 2
 OUT_H, OUT_W = 384, 192
@@ -66,14 +66,13 @@ def _normalize_ms(loader, finish, reps: int = 7) -> float:
     """Median ms of ``finish`` (uint8 -> normalised float) on one of ``loader``'s batches."""
     loader.set_epoch(0)
     batch = next(iter(loader))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+
+    def once() -> None:
         finish(batch)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+
+    return 1e3 * time_median(once, repeats=reps)
 
 
 def run(quick: bool) -> list[BenchRow]:
