@@ -119,7 +119,8 @@ def batch_hard_mining_op(
 @batch_hard_mining_op.register_kernel("cpu")
 def _batch_hard_mining_cpu(x: torch.Tensor, labels: torch.Tensor):
     d_ap, d_an, pos, neg, n_same = mine_torch(x, labels)
-    return d_ap.float(), d_an.float(), pos, neg, n_same
+    # copies: mine_torch's two distance vectors are views of one buffer, and a custom op's outputs may not alias
+    return d_ap.to(torch.float32, copy=True), d_an.to(torch.float32, copy=True), pos, neg, n_same
 
 
 @batch_hard_mining_op.register_fake

@@ -9,6 +9,8 @@ when the Triton path runs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastccreid.kernels._backend import resolve_backend
@@ -47,20 +49,34 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+GRAM_BLOCK = 64  # column-block width of ``gram``: narrower blocks save FLOPs but lose BLAS efficiency
+
+
 def gram(xf: torch.Tensor) -> torch.Tensor:
-    """x xᵀ [B, B] from 3/4 of the matmul FLOPs: the symmetric off-diagonal block is computed once (B >= 64)."""
+    """x xᵀ [B, B] from the lower block triangle only (B > 64): each 64-wide column block is one matmul of the rows
+    at and below it, written in place, then mirrored to the upper triangle (5/8 of the FLOPs at B = 256). The result
+    is exactly symmetric."""
     b = xf.shape[0]
-    if b < 64:
+    if b <= GRAM_BLOCK:
         return xf @ xf.t()
-    h = b // 2
-    left = xf @ xf[:h].t()  # [B, h]: columns 0..h-1 of every row
-    low = xf[h:] @ xf[h:].t()  # [B-h, B-h]
-    return torch.cat([left, torch.cat([left[h:].t(), low], dim=0)], dim=1)
+    out = torch.empty(b, b, dtype=xf.dtype, device=xf.device)
+    # NumPy's transposing copy is ~2x torch's on CPU (the mirror is ~5% of the Gram's time at B = 256)
+    host = out.numpy() if out.device.type == "cpu" and not _is_compiling() else None
+    for s in range(0, b, GRAM_BLOCK):
+        e = min(s + GRAM_BLOCK, b)
+        torch.mm(xf[s:], xf[s:e].t(), out=out[s:, s:e])  # a strided view: BLAS writes it with its leading dimension
+        if e < b:
+            if host is not None:
+                host[s:e, e:] = host[e:, s:e].T
+            else:
+                out[s:e, e:].copy_(out[e:, s:e].t())
+    return out
 
 
 def _check_norms(sq: torch.Tensor, name: str) -> None:
     # a NaN / Inf feature makes its squared norm NaN / Inf: checking [N] norms replaces a pass over [N, D]
-    if not _is_compiling() and not bool(torch.isfinite(sq).all()):
+    # amax propagates NaN: one reduction and one host read instead of isfinite + all + read
+    if not _is_compiling() and not math.isfinite(float(sq.amax())):
         raise ValueError(f"{name} contains NaN or Inf (or values whose squares overflow)")
 
 

@@ -106,6 +106,59 @@ def test_any_label_vector_matches_oracle(margin, seed):
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
 
 
+HOST_LABELS = {
+    "pk": lambda g: _pk_labels(16, 4, False, g),
+    "pk_shuffled": lambda g: _pk_labels(16, 4, True, g),
+    "pk_k2": lambda g: _pk_labels(5, 2, False, g),
+    "split_runs": lambda g: torch.tensor([3, 3, 1, 1, 3, 3, 2, 2]),  # equal runs, but label 3 has two of them
+    "ragged_runs": lambda g: torch.tensor([0, 0, 0, 1, 1, 1, 2, 2]),
+    "unequal": lambda g: torch.randint(0, 9, (70,), generator=g),
+    "singletons": lambda g: torch.tensor([0, 1, 1, 2, 3, 3, 3, 4]),
+    "one_label": lambda g: torch.zeros(9, dtype=torch.long),
+    "all_distinct": lambda g: torch.arange(7),
+}
+
+
+@pytest.mark.parametrize("margin", MARGINS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", sorted(HOST_LABELS))
+def test_host_twin_matches_torch_twin(case, dtype, margin):
+    """On CPU the public path runs the host twin (NumPy reductions); it must agree with the pure-torch twin that
+    CUDA tensors and the Triton backward use: same pairs and distances, same loss and gradient to rounding."""
+    from fastccreid.kernels.triplet import BatchHardMiningFunction, BatchHardTripletLossFunction
+
+    gen = torch.Generator().manual_seed(7)
+    labels = HOST_LABELS[case](gen)
+    base = torch.randn(labels.numel(), 96, generator=gen, dtype=dtype).round(decimals=1)  # rounding makes ties
+    base[-1] = base[0]  # an exact duplicate: a zero distance at the clamp's floor
+    xs = [base.clone().requires_grad_() for _ in range(2)]
+    mined = [BatchHardMiningFunction.apply(x, labels, kernel, True)
+             for x, kernel in zip(xs, ("host", "torch"), strict=True)]
+    for a, b in zip(mined[0], mined[1], strict=True):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b)
+    (mined[0][0].sum() + 0.5 * mined[0][1].clamp(max=1e3).sum()).backward()
+    (mined[1][0].sum() + 0.5 * mined[1][1].clamp(max=1e3).sum()).backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-6, atol=1e-7)
+    xs = [base.clone().requires_grad_() for _ in range(2)]
+    losses = [BatchHardTripletLossFunction.apply(x, labels, margin, kernel, True)
+              for x, kernel in zip(xs, ("host", "torch"), strict=True)]
+    assert losses[0].dtype == losses[1].dtype == dtype and losses[0].dim() == 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    (3.0 * losses[0]).backward()
+    (3.0 * losses[1]).backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_tensors_take_the_host_twin():
+    from fastccreid.kernels.triplet import _prepare
+
+    x, labels = torch.randn(8, 4), torch.arange(4).repeat(2)
+    assert _prepare(x, labels, "auto", True)[1] == "host"
+    assert _prepare(x, labels, "torch", True)[1] == "host"
+    assert _prepare(x.double(), labels, "auto", True)[1] == "host"
+
+
 def test_singletons_and_missing_negatives_semantics():
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 1, 2, 2])
