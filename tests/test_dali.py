@@ -137,3 +137,32 @@ def test_zero_copy_batches_stay_valid(records):
         held.append(b.images)
         clones.append(b.images.clone())
     assert len(held) == 15 and all(torch.equal(a, c) for a, c in zip(held, clones, strict=True))
+
+
+def test_mixed_image_sizes_match_the_torch_path(tmp_path):
+    """Real datasets mix image sizes (and some are larger than the output): the CPU pipeline resizes each size group
+    with torch's antialiased bilinear kernel, which must stay within one grey level of PIL's in both loaders."""
+    import numpy as np
+
+    from fastccreid.data.records import ImageRecord
+
+    rng = np.random.default_rng(0)
+    sizes = [(40, 20), (96, 48), (130, 70), (200, 90), (96, 48), (61, 33)]  # (h, w): up, equal, down, odd
+    recs = []
+    for i in range(24):
+        h, w = sizes[i % len(sizes)]
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img[: h // 2] //= 2  # some low-frequency structure besides the noise
+        path = str(tmp_path / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+        Image.fromarray(img).save(path, quality=95) if i % 2 == 0 else Image.fromarray(img).save(path)
+        recs.append(ImageRecord(path, i // 4, i % 2, 0))
+    ev = list(build_eval_loader(recs, height=H, width=W, batch_size=10, loader="dali", num_workers=2))
+    ref = torch.stack([build_test_transform(H, W)(Image.open(r.path).convert("RGB")) for r in recs])
+    assert (torch.cat([to_model_input(b) for b in ev]) - ref).abs().max().item() <= TOL
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=2, num_workers=2, pad=PAD, erase_p=0.5)
+    for output in ("float", "uint8"):
+        dali = build_train_loader(recs, loader="dali", output=output, **kw)
+        torch_path = build_train_loader(recs, loader="torch", **kw)
+        for a, b in zip(dali, torch_path, strict=True):
+            assert torch.equal(a.indices, b.indices)
+            assert (to_model_input(a) - to_model_input(b)).abs().max().item() <= TOL

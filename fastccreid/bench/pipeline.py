@@ -3,8 +3,8 @@
 Both rows end at the same thing: a normalised float [32, 3, 384, 192] train batch on the model's device.
 Fast row: ``build_train_loader(loader="dali")`` + ``to_model_input``, with ``num_threads`` = the worker count. On a
 GPU, DALI decodes with ``device="mixed"`` and ships uint8 that ``to_model_input`` normalises there; on a CPU-only
-machine DALI normalises inside its own threads (cheaper than in the training thread). ``extra`` also has our torch
-fallback loader (``--loader torch``, same end point: ``torch_fallback_img_per_s``).
+machine DALI decodes in its threads while the consumer resizes (torch uint8) and normalises the previous batch.
+``extra`` also has our torch fallback loader (``--loader torch``, same end point: ``torch_fallback_img_per_s``).
 Fast-uint8 row: the same DALI pipeline handing out uint8 batches (``output="uint8"``): decode + augment end at a
 uint8 [32, 384, 192, 3] batch on the model's device, and the normalisation (``to_model_input``, a few elementwise
 passes) moves into the model's step, where a GPU does it in microseconds. ``extra`` gives that step's cost measured

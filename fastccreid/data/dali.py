@@ -1,10 +1,12 @@
 """NVIDIA DALI pipelines for the train and eval loaders (the only module that imports ``nvidia.dali``).
 
 Train: an external_source in batch mode hands DALI each batch's encoded files in the identity sampler's order plus
-the host-drawn flip and crop parameters (``transforms.sample_aug_params``, seeded by (seed, epoch, position)); DALI
-decodes (``device="mixed"`` on CUDA, CPU otherwise), then one uint8 resize whose per-sample region of interest
-also mirrors and shifts the image (flip + pad + crop folded in). The padding band and the erase boxes ride along
-and are painted after normalisation on the model's device by ``to_model_input`` (black / exactly 0, as the seed).
+the host-drawn flip and crop parameters (``transforms.sample_aug_params``, seeded by (seed, epoch, position)).
+On a GPU, DALI decodes with ``device="mixed"``, then one uint8 resize whose per-sample region of interest also
+mirrors and shifts the image (flip + pad + crop folded in). On a CPU, DALI decodes in its threads and the consumer
+resizes with torch's uint8 kernel (``_host_resize``: DALI's CPU resize costs more than the decode), then mirrors and
+shifts by slice copies. The padding band and the erase boxes ride along and are painted after normalisation by
+``to_model_input`` (black / exactly 0, as the seed).
 DALI's own RNG is never used, so a pipeline rebuilt from (seed, epoch, batch) replays exactly: each epoch builds
 a fresh pipeline.
 Eval: the same decode + resize in fixed order, with the last partial batch kept (batch-mode external_source may
@@ -21,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fastccreid.data.loaders import BadImageTracker, Batch, EpochEvalLoader, EpochTrainLoader, _labels
 from fastccreid.data.records import ImageRecord
@@ -30,7 +33,9 @@ from fastccreid.data.transforms import (
     IMAGENET_STD,
     BadImageError,
     check_magic,
+    flip_pad_crop_uint8,
     load_rgb,
+    normalize_on_device,
     paint_boxes,
     read_bytes,
     sample_aug_params,
@@ -86,8 +91,9 @@ class _Source:
     (global positions, indices) batches; ``log`` records what was handed out (for tracing decode failures)."""
 
     def __init__(self, records: Sequence[ImageRecord], plan: list[tuple[np.ndarray, np.ndarray]],
-                 tracker: BadImageTracker, aug: dict | None, epoch: int) -> None:
+                 tracker: BadImageTracker, aug: dict | None, epoch: int, host_resize: bool = False) -> None:
         self.records, self.plan, self.tracker, self.aug, self.epoch = records, plan, tracker, aug, epoch
+        self.host_resize = host_resize  # hand out (flip, sy, sx) per sample instead of a resize ROI
         self.log: deque[tuple[int, np.ndarray]] = deque()
         self.i = 0
 
@@ -131,55 +137,103 @@ class _Source:
         # clamps to the border; ``valid`` tells to_model_input where to paint the padding black instead.
         sy = p.crop[:, 0] - a["pad"]
         sx = p.crop[:, 1] - a["pad"]
+        vy0, vx0 = np.maximum(0, -sy), np.maximum(0, -sx)
+        valid = np.stack([vy0, vx0, np.minimum(h, h - sy) - vy0, np.minimum(w, w - sx) - vx0], axis=1)
+        boxes = np.concatenate([p.erase, valid], axis=1).astype(np.int32)  # [B, 8]: erase box, picture box
+        index = [np.array(i, dtype=np.int64) for i in used_arr]
+        if self.host_resize:
+            geometry = np.stack([p.flip, sy, sx], axis=1).astype(np.int32)  # applied by _host_resize
+            return enc, index, list(boxes), list(geometry)
         y_start, y_end = sy / h, (sy + h) / h
         x_start = np.where(p.flip == 1, (w - sx) / w, sx / w)
         x_end = np.where(p.flip == 1, -sx / w, (sx + w) / w)
         roi_start = np.stack([y_start, x_start], axis=1).astype(np.float32)
         roi_end = np.stack([y_end, x_end], axis=1).astype(np.float32)
-        vy0, vx0 = np.maximum(0, -sy), np.maximum(0, -sx)
-        valid = np.stack([vy0, vx0, np.minimum(h, h - sy) - vy0, np.minimum(w, w - sx) - vx0], axis=1)
-        boxes = np.concatenate([p.erase, valid], axis=1).astype(np.int32)  # [B, 8]: erase box, picture box
-        return (enc, list(roi_start), list(roi_end), [np.array(i, dtype=np.int64) for i in used_arr], list(boxes))
+        return enc, list(roi_start), list(roi_end), index, list(boxes)
 
 
 def _build_pipeline(source: _Source, *, train: bool, batch_size: int, height: int, width: int,
                     device: torch.device, num_threads: int, normalize: bool):
+    """The DALI pipeline. On a GPU: mixed decode, then one resize whose ROI also flips and shifts (train), optionally
+    normalised. On a CPU (``source.host_resize``): decode only; ``_host_resize`` finishes the batch in torch."""
     from nvidia.dali import fn, pipeline_def, types
 
     dev_id = _device_id(device)
-    decode_device = "mixed" if dev_id is not None else "cpu"
-    op_device = "gpu" if dev_id is not None else "cpu"
-
-    def finish(img):
-        # CPU mode: the model's device is this same CPU, and DALI's crop_mirror_normalize in its worker threads is
-        # cheaper than torch's uint8 -> float pass in the consumer thread (measured 600-630 vs 440-450 img/s end to
-        # end, 128x256 JPEG -> 384x192, 2 threads). On a GPU, uint8 goes out and to_model_input normalises there.
-        if not normalize:
-            return img
-        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC",
-                                        mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
 
     @pipeline_def(batch_size=batch_size, num_threads=max(1, num_threads), device_id=dev_id,
                   prefetch_queue_depth=_PREFETCH, exec_dynamic=True)
     def pipe():
+        if source.host_resize:
+            if not train:
+                enc, index = fn.external_source(source=source, num_outputs=2, batch=True,
+                                                dtype=[types.UINT8, types.INT64])
+                return fn.decoders.image(enc, device="cpu", output_type=types.RGB), index
+            enc, index, boxes, geometry = fn.external_source(source=source, num_outputs=4, batch=True,
+                                                             dtype=[types.UINT8, types.INT64, types.INT32,
+                                                                    types.INT32])
+            return fn.decoders.image(enc, device="cpu", output_type=types.RGB), index, boxes, geometry
+
+        def finish(img):  # float out only when asked for: on a GPU, uint8 goes out and to_model_input normalises
+            if not normalize:
+                return img
+            return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="HWC",
+                                            mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+
         if not train:
             enc, index = fn.external_source(source=source, num_outputs=2, batch=True,
                                             dtype=[types.UINT8, types.INT64])
-            img = fn.decoders.image(enc, device=decode_device, output_type=types.RGB)
-            return finish(fn.resize(img, size=[height, width], device=op_device)), index
+            img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
+            return finish(fn.resize(img, size=[height, width], device="gpu")), index
         enc, roi_start, roi_end, index, boxes = fn.external_source(
             source=source, num_outputs=5, batch=True,
             dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32])
-        img = fn.decoders.image(enc, device=decode_device, output_type=types.RGB)
-        # Resize + flip + pad/crop in one uint8 pass (measured: a separate fn.flip + out-of-bounds fn.slice cost
-        # ~30% of the CPU pipeline's throughput).
+        img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
+        # Resize + flip + pad/crop in one uint8 pass (measured on the CPU: a separate fn.flip + out-of-bounds
+        # fn.slice cost ~30% of the pipeline's throughput).
         img = fn.resize(img, size=[height, width], roi_start=roi_start, roi_end=roi_end, roi_relative=True,
-                        device=op_device)
+                        device="gpu")
         return finish(img), index, boxes
 
     p = pipe()
     p.build()
     return p
+
+
+def _host_resize(images, height: int, width: int, geometry: np.ndarray | None = None) -> torch.Tensor:
+    """CPU mode: resize DALI's decoded images (a TensorList of uint8 [h, w, 3], any sizes) to uint8 [B, H, W, 3]
+    with torch's bilinear antialiased resize (PIL's filter, as the seed's Resize; within one grey level of it), and
+    for training apply each sample's (flip, sy, sx): mirror, then output (y, x) = resized (y + sy, x + sx), 0
+    outside, as ``flip_pad_crop_uint8``.
+
+    Why here and not in DALI: DALI's CPU resize costs ~1.2 ms an image at 128x256 -> 384x192, more than decoding
+    a PNG; torch's uint8 kernel does a same-sized group in ~0.1 ms an image (one call per distinct input size)."""
+    n = len(images)
+    shapes = [tuple(sh) for sh in images.shape()]
+    if images.is_dense_tensor():
+        groups = {shapes[0]: list(range(n))}
+    else:
+        groups = {}
+        for i, sh in enumerate(shapes):
+            groups.setdefault(sh, []).append(i)
+    out = torch.empty((n, height, width, 3), dtype=torch.uint8)
+    dst = out.numpy()
+    for members in groups.values():
+        if len(members) == n:
+            src = torch.from_dlpack(images.as_tensor())
+        else:
+            src = torch.stack([torch.from_dlpack(images[i]) for i in members])
+        resized = F.interpolate(src.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                                align_corners=False, antialias=True)  # [m, 3, H, W], channels_last memory
+        if geometry is None:
+            if len(members) == n:
+                return resized.permute(0, 2, 3, 1)  # already [B, H, W, 3] in memory: no copy
+            out[members] = resized.permute(0, 2, 3, 1)
+            continue
+        rs = resized.permute(0, 2, 3, 1).numpy()  # numpy slice copies: no OpenMP fork/join per small write
+        for k, i in enumerate(members):
+            flip, sy, sx = (int(v) for v in geometry[i])
+            flip_pad_crop_uint8(rs[k], flip, sy, sx, 0, out=dst[i])
+    return out
 
 
 def _find_bad(records: Sequence[ImageRecord], source: _Source, consumed: int) -> list[tuple[int, BadImageError]]:
@@ -224,7 +278,8 @@ class DaliTrainLoader(EpochTrainLoader):
         start = self.start_batch  # a resumed epoch's first batches are never handed to DALI
         while start < len(plan):
             # A fresh pipeline per epoch (and after a skipped decode failure): its state is (seed, epoch, batch).
-            source = _Source(self.records, plan[start:], self.tracker, self.aug, self.epoch)
+            source = _Source(self.records, plan[start:], self.tracker, self.aug, self.epoch,
+                             host_resize=self.device.type != "cuda")
             pipe = _build_pipeline(source, train=True, batch_size=share, height=self.height, width=self.width,
                                    device=self.device, num_threads=self.num_threads,
                                    normalize=self.normalize_in_loader)
@@ -232,16 +287,22 @@ class DaliTrainLoader(EpochTrainLoader):
             try:
                 while True:
                     try:
-                        images, index, boxes = pipe.run()
+                        outputs = pipe.run()  # DALI already decodes the next batches in its threads (prefetch)
                     except StopIteration:
                         start = len(plan)
                         break
+                    images, index, boxes = outputs[:3]
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
                     pids, camids, clothes = _labels(self.records, indices.numpy(), self.device)
                     box = torch.from_numpy(boxes.as_array().reshape(-1, 8)).to(self.device)
-                    x = _to_torch(images, self.device, self.normalize_in_loader)
-                    if self.normalize_in_loader:  # paint the padding band and erase boxes here (~1 ms a batch)
-                        x = paint_boxes(x, box[:, :4], box[:, 4:])
+                    if source.host_resize:
+                        x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 3))
+                        if self.normalize_in_loader:
+                            x = normalize_on_device(x, box[:, :4], box[:, 4:])
+                    else:
+                        x = _to_torch(images, self.device, self.normalize_in_loader)
+                        if self.normalize_in_loader:  # paint the padding band and erase boxes (~1 ms a batch)
+                            x = paint_boxes(x, box[:, :4], box[:, 4:])
                     yield Batch(x, pids, camids, clothes, indices.to(self.device), self.normalize_in_loader,
                                 box[:, :4], box[:, 4:])
                     consumed += 1
@@ -289,7 +350,7 @@ class DaliEvalLoader(EpochEvalLoader):
                     for s in range(0, len(todo), self.batch_size)]
             if not plan:
                 break
-            source = _Source(self.records, plan, self.tracker, None, 0)
+            source = _Source(self.records, plan, self.tracker, None, 0, host_resize=self.device.type != "cuda")
             pipe = _build_pipeline(source, train=False, batch_size=self.batch_size, height=self.height,
                                    width=self.width, device=self.device, num_threads=self.num_threads,
                                    normalize=self.normalize_in_loader)
@@ -303,7 +364,12 @@ class DaliEvalLoader(EpochEvalLoader):
                         break
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
                     pids, camids, clothes = _labels(self.records, indices.numpy(), self.device)
-                    x = _to_torch(images, self.device, self.normalize_in_loader)
+                    if source.host_resize:
+                        x = _host_resize(images, self.height, self.width)
+                        if self.normalize_in_loader:
+                            x = normalize_on_device(x)
+                    else:
+                        x = _to_torch(images, self.device, self.normalize_in_loader)
                     yield Batch(x, pids, camids, clothes, indices.to(self.device), self.normalize_in_loader)
                     done += len(indices)
                     batches += 1

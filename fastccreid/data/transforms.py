@@ -135,17 +135,25 @@ def resize_uint8(img: Image.Image, height: int, width: int) -> np.ndarray:
     return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on PIL's read-only view)
 
 
-def flip_pad_crop_uint8(img: np.ndarray, flip: int, dy: int, dx: int, pad: int) -> np.ndarray:
+def flip_pad_crop_uint8(img: np.ndarray, flip: int, dy: int, dx: int, pad: int,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Mirror (optional), zero-pad by ``pad``, then crop the input's size at (dy, dx) of the padded image: uint8
-    [H, W, 3] -> uint8 [H, W, 3], as the seed's flip -> Pad -> RandomCrop, without building the padded image."""
+    [H, W, 3] -> uint8 [H, W, 3], as the seed's flip -> Pad -> RandomCrop, without building the padded image.
+    ``out``: an [H, W, 3] array to write into (its padding band is zeroed)."""
     h, w = img.shape[:2]
     if flip:
         img = img[:, ::-1]
-    out = np.zeros_like(img, shape=(h, w, img.shape[2]))
     # Output (y, x) reads input (y + dy - pad, x + dx - pad); copy the overlapping window only.
     sy, sx = dy - pad, dx - pad
     y0, y1 = max(0, -sy), min(h, h - sy)
     x0, x1 = max(0, -sx), min(w, w - sx)
+    if out is None:
+        out = np.zeros_like(img, shape=(h, w, img.shape[2]))
+    else:
+        out[:y0] = 0
+        out[y1:] = 0
+        out[:, :x0] = 0
+        out[:, x1:] = 0
     if y1 > y0 and x1 > x0:
         out[y0:y1, x0:x1] = img[y0 + sy:y1 + sy, x0 + sx:x1 + sx]
     return out
