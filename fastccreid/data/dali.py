@@ -3,10 +3,10 @@
 Train: an external_source in batch mode hands DALI each batch's encoded files in the identity sampler's order plus
 the host-drawn flip and crop parameters (``transforms.sample_aug_params``, seeded by (seed, epoch, position)).
 On a GPU, DALI decodes with ``device="mixed"``, then one uint8 resize whose per-sample region of interest also
-mirrors and shifts the image (flip + pad + crop folded in). On a CPU, DALI decodes in its threads and the consumer
-resizes with torch's uint8 kernel (``_host_resize``: DALI's CPU resize costs more than the decode), then mirrors and
-shifts by slice copies. The padding band and the erase boxes ride along and are painted after normalisation by
-``to_model_input`` (black / exactly 0, as the seed).
+mirrors and shifts the image (flip + pad + crop folded in). On a CPU, DALI decodes and mirrors in its threads, then
+the consumer resizes with torch's uint8 kernel (``_host_resize``: DALI's CPU resize costs more than the decode) and
+shifts by row copies. The padding band and the erase boxes ride along and are
+painted after normalisation by ``to_model_input`` (black / exactly 0, as the seed).
 DALI's own RNG is never used, so a pipeline rebuilt from (seed, epoch, batch) replays exactly: each epoch builds
 a fresh pipeline.
 Eval: the same decode + resize in fixed order, with the last partial batch kept (batch-mode external_source may
@@ -93,7 +93,7 @@ class _Source:
     def __init__(self, records: Sequence[ImageRecord], plan: list[tuple[np.ndarray, np.ndarray]],
                  tracker: BadImageTracker, aug: dict | None, epoch: int, host_resize: bool = False) -> None:
         self.records, self.plan, self.tracker, self.aug, self.epoch = records, plan, tracker, aug, epoch
-        self.host_resize = host_resize  # hand out (flip, sy, sx) per sample instead of a resize ROI
+        self.host_resize = host_resize  # hand out a flip flag and a (sy, sx) shift per sample instead of a resize ROI
         self.log: deque[tuple[int, np.ndarray]] = deque()
         self.i = 0
 
@@ -142,8 +142,8 @@ class _Source:
         boxes = np.concatenate([p.erase, valid], axis=1).astype(np.int32)  # [B, 8]: erase box, picture box
         index = [np.array(i, dtype=np.int64) for i in used_arr]
         if self.host_resize:
-            geometry = np.stack([p.flip, sy, sx], axis=1).astype(np.int32)  # applied by _host_resize
-            return enc, index, list(boxes), list(geometry)
+            shift = np.stack([sy, sx], axis=1).astype(np.int32)  # applied by _host_resize
+            return enc, index, list(boxes), [np.array(f, dtype=np.int32) for f in p.flip], list(shift)
         y_start, y_end = sy / h, (sy + h) / h
         x_start = np.where(p.flip == 1, (w - sx) / w, sx / w)
         x_end = np.where(p.flip == 1, -sx / w, (sx + w) / w)
@@ -168,10 +168,13 @@ def _build_pipeline(source: _Source, *, train: bool, batch_size: int, height: in
                 enc, index = fn.external_source(source=source, num_outputs=2, batch=True,
                                                 dtype=[types.UINT8, types.INT64])
                 return fn.decoders.image(enc, device="cpu", output_type=types.RGB), index
-            enc, index, boxes, geometry = fn.external_source(source=source, num_outputs=4, batch=True,
-                                                             dtype=[types.UINT8, types.INT64, types.INT32,
-                                                                    types.INT32])
-            return fn.decoders.image(enc, device="cpu", output_type=types.RGB), index, boxes, geometry
+            enc, index, boxes, flip, shift = fn.external_source(source=source, num_outputs=5, batch=True,
+                                                                dtype=[types.UINT8, types.INT64, types.INT32,
+                                                                       types.INT32, types.INT32])
+            img = fn.decoders.image(enc, device="cpu", output_type=types.RGB)
+            # The mirror goes on the small decoded image, in DALI's threads: it commutes exactly with the
+            # (symmetric) resize, and a mirrored copy of the output would cost the consumer ~0.4 ms an image.
+            return fn.flip(img, horizontal=flip), index, boxes, shift
 
         def finish(img):  # float out only when asked for: on a GPU, uint8 goes out and to_model_input normalises
             if not normalize:
@@ -199,40 +202,37 @@ def _build_pipeline(source: _Source, *, train: bool, batch_size: int, height: in
     return p
 
 
-def _host_resize(images, height: int, width: int, geometry: np.ndarray | None = None) -> torch.Tensor:
+def _host_resize(images, height: int, width: int, shift: np.ndarray | None = None) -> torch.Tensor:
     """CPU mode: resize DALI's decoded images (a TensorList of uint8 [h, w, 3], any sizes) to uint8 [B, H, W, 3]
     with torch's bilinear antialiased resize (PIL's filter, as the seed's Resize; within one grey level of it), and
-    for training apply each sample's (flip, sy, sx): mirror, then output (y, x) = resized (y + sy, x + sx), 0
-    outside, as ``flip_pad_crop_uint8``.
+    for training shift each sample by its (sy, sx): output (y, x) = resized (y + sy, x + sx), 0 outside (the pad +
+    crop of ``flip_pad_crop_uint8``; the flip was done in DALI).
 
     Why here and not in DALI: DALI's CPU resize costs ~1.2 ms an image at 128x256 -> 384x192, more than decoding
     a PNG; torch's uint8 kernel does a same-sized group in ~0.1 ms an image (one call per distinct input size)."""
     n = len(images)
-    shapes = [tuple(sh) for sh in images.shape()]
     if images.is_dense_tensor():
-        groups = {shapes[0]: list(range(n))}
+        groups = {None: list(range(n))}
     else:
         groups = {}
-        for i, sh in enumerate(shapes):
-            groups.setdefault(sh, []).append(i)
+        for i, sh in enumerate(images.shape()):
+            groups.setdefault(tuple(sh), []).append(i)
     out = torch.empty((n, height, width, 3), dtype=torch.uint8)
-    dst = out.numpy()
     for members in groups.values():
         if len(members) == n:
             src = torch.from_dlpack(images.as_tensor())
         else:
             src = torch.stack([torch.from_dlpack(images[i]) for i in members])
         resized = F.interpolate(src.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
-                                align_corners=False, antialias=True)  # [m, 3, H, W], channels_last memory
-        if geometry is None:
+                                align_corners=False, antialias=True).permute(0, 2, 3, 1)  # [m, H, W, 3] memory
+        if shift is None:
             if len(members) == n:
-                return resized.permute(0, 2, 3, 1)  # already [B, H, W, 3] in memory: no copy
-            out[members] = resized.permute(0, 2, 3, 1)
+                return resized  # the whole batch: no copy
+            out[members] = resized
             continue
-        rs = resized.permute(0, 2, 3, 1).numpy()  # numpy slice copies: no OpenMP fork/join per small write
+        rs, dst = resized.numpy(), out.numpy()  # numpy row copies: no OpenMP fork/join per small write
         for k, i in enumerate(members):
-            flip, sy, sx = (int(v) for v in geometry[i])
-            flip_pad_crop_uint8(rs[k], flip, sy, sx, 0, out=dst[i])
+            flip_pad_crop_uint8(rs[k], 0, int(shift[i, 0]), int(shift[i, 1]), 0, out=dst[i])
     return out
 
 
@@ -296,7 +296,7 @@ class DaliTrainLoader(EpochTrainLoader):
                     pids, camids, clothes = _labels(self.records, indices.numpy(), self.device)
                     box = torch.from_numpy(boxes.as_array().reshape(-1, 8)).to(self.device)
                     if source.host_resize:
-                        x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 3))
+                        x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 2))
                         if self.normalize_in_loader:
                             x = normalize_on_device(x, box[:, :4], box[:, 4:])
                     else:
