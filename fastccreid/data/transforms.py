@@ -179,19 +179,31 @@ def normalize_on_device(images: torch.Tensor, erase_boxes: torch.Tensor | None =
     else:
         raise ValueError(f"images must have 3 channels, got shape {tuple(images.shape)}")
     dev = x.device
-    scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], device=dev, dtype=dtype).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)], device=dev,
-                         dtype=dtype).view(1, 3, 1, 1)
-    # One fused multiply-add reading uint8 directly (type promotion; x*scale + shift == (x/255 - mean)/std): no
-    # separate float copy. On the channels_last view this is the fastest form measured on CPU (23 ms per
-    # [32, 3, 384, 192] batch vs 30 ms with a .float() first and 30-42 ms computing in HWC).
+    scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+    shift = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    out = None
     if shared and dev.type == "cpu":
-        dst = torch.empty(x.shape, dtype=dtype, memory_format=torch.channels_last).share_memory_()
-        out = paint_boxes(torch.addcmul(shift, x, scale, out=dst), erase_boxes, valid_boxes)
+        out = torch.empty(x.shape, dtype=dtype, memory_format=torch.channels_last).share_memory_()
+    # One fused multiply-add reading uint8 directly (type promotion; x*scale + shift == (x/255 - mean)/std): no
+    # separate float copy.
+    if images.shape[-1] == 3 and images.is_contiguous():
+        # HWC memory: each image row is W*3 values, so the per-channel constants repeat with period 3 along it.
+        # Broadcasting [W*3] rows keeps the kernel's inner loop W*3 long and vectorised; a [1, 3, 1, 1] broadcast
+        # over channels_last memory has an inner loop of 3 (measured 2.6 vs 5.2 ms a [32, 384, 192, 3] batch on 2
+        # threads, 4.0 vs 9.2 ms on one). Same values bit for bit.
+        b, h, w, _ = images.shape
+        rows = images.view(b, h, w * 3)
+        sc = torch.tensor(scale * w, device=dev, dtype=dtype)
+        sh = torch.tensor(shift * w, device=dev, dtype=dtype)
+        flat = None if out is None else out.permute(0, 2, 3, 1).view(b, h, w * 3)
+        y = torch.addcmul(sh, rows, sc, out=flat).view(b, h, w, 3).permute(0, 3, 1, 2)
     else:
-        out = paint_boxes(torch.addcmul(shift, x, scale), erase_boxes, valid_boxes)
+        sc = torch.tensor(scale, device=dev, dtype=dtype).view(1, 3, 1, 1)
+        sh = torch.tensor(shift, device=dev, dtype=dtype).view(1, 3, 1, 1)
+        y = torch.addcmul(sh, x, sc, out=out)
+    y = paint_boxes(y, erase_boxes, valid_boxes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return out.contiguous(memory_format=fmt)
+    return y.contiguous(memory_format=fmt)
 
 
 def paint_boxes(out: torch.Tensor, erase_boxes: torch.Tensor | None, valid_boxes: torch.Tensor | None
