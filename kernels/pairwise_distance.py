@@ -103,7 +103,7 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
         xx = d.diagonal().clone()
         if check_finite:
             _check_norms(xx, "x")
-        d = d.mul_(-2.0).add_(xx[:, None]).add_(xx[None, :])
+        d = (xx[:, None] + xx[None, :]).add_(d, alpha=-2.0)  # the seed's order: norms first, then -2 x·y
     else:
         xx = (xf * xf).sum(1)
         yy = (yf * yf).sum(1)
