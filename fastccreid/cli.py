@@ -94,6 +94,9 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loader_output", default="auto", choices=["auto", "float", "uint8"],
                    help="what the loader hands the model: normalised float batches (the loader's threads do the float "
                         "work) or uint8 batches normalised on the model's device; auto = float on CPU, uint8 on GPU")
+    g.add_argument("--dali_py_workers", type=int, default=0,
+                   help="DALI training loader: read files and draw augmentation in this many spawned processes "
+                        "(DALI's parallel external_source; helps when file reads are slow); 0 = in the main thread")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="warn about and skip unreadable images instead of stopping")
     g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],

@@ -166,3 +166,43 @@ def test_mixed_image_sizes_match_the_torch_path(tmp_path):
         for a, b in zip(dali, torch_path, strict=True):
             assert torch.equal(a.indices, b.indices)
             assert (to_model_input(a) - to_model_input(b)).abs().max().item() <= TOL
+
+
+def test_parallel_external_source_gives_the_same_batches(records, tmp_path):
+    """--dali_py_workers 2: files are read and augmentation drawn in spawned processes (DALI's parallel per-sample
+    external_source); the epoch, a resumed epoch's tail and the next epoch equal the batch-mode loader's bit for
+    bit, and a bad file is still named (or skipped and counted)."""
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=5, loader="dali", num_workers=2, pad=PAD,
+              erase_p=0.5, output="uint8")
+    serial = build_train_loader(records, **kw)
+    parallel = build_train_loader(records, dali_py_workers=2, **kw)
+    pipes = []
+    # epoch 1 reuses epoch 0's pipeline and workers, a resume (epoch 2 from batch 1) builds a new one, epoch 3
+    # reuses that one (its first epoch skipped a batch, the next must not)
+    for epoch, start in ((0, 0), (1, 0), (2, 1), (3, 0)):
+        serial.set_epoch(epoch, start_batch=start)
+        parallel.set_epoch(epoch, start_batch=start)
+        got, want = list(parallel), list(serial)
+        assert len(got) == len(want) == len(serial) - start > 0
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images)
+            assert torch.equal(a.erase_boxes, b.erase_boxes) and torch.equal(a.valid_boxes, b.valid_boxes)
+        pipes.append(parallel._kept[0])
+    assert pipes[0] is pipes[1] and pipes[1] is not pipes[2] and pipes[2] is pipes[3]
+
+    bad, _ = corrupt_copy(records, str(tmp_path), 7)  # truncated: DALI's decoder fails in the main process
+    garbage = tmp_path / "garbage.jpg"  # not an image: the worker's magic check raises there
+    garbage.write_bytes(b"not an image at all")
+    bad[12] = type(bad[12])(str(garbage), bad[12].pid, bad[12].camid, bad[12].clothes_id)
+    kw["seed"] = 0  # an epoch-0 order that uses both bad files (the sampler leaves one image of each id out)
+    with pytest.raises(BadImageError, match="truncated_|garbage"):
+        list(build_train_loader(bad, dali_py_workers=2, **kw))
+    skipping = build_train_loader(bad, dali_py_workers=2, skip_bad_images=True, **kw)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        batches = list(skipping)
+    assert skipping.bad_images == 2 and len(batches) == len(skipping)
+    for b in batches:
+        assert not {7, 12} & set(b.indices.tolist())
+        assert sorted(torch.bincount(b.pids)[torch.bincount(b.pids) > 0].tolist()) == [4, 4]
+    with pytest.raises(ValueError, match="--dali_py_workers"):
+        build_train_loader(records, dali_py_workers=-1, **kw)

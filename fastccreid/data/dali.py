@@ -19,12 +19,13 @@ that batch.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastccreid.data.dali_source import SampleSource, aug_outputs
 from fastccreid.data.loaders import BadImageTracker, Batch, EpochEvalLoader, EpochTrainLoader, _labels
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
@@ -38,7 +39,6 @@ from fastccreid.data.transforms import (
     normalize_on_device,
     paint_boxes,
     read_bytes,
-    sample_aug_params,
 )
 
 _PREFETCH = 2  # batches DALI prepares ahead of the consumer
@@ -87,8 +87,9 @@ def _to_torch(out, device: torch.device, normalized: bool) -> torch.Tensor:
 
 
 class _Source:
-    """Batch-mode external_source: yields [encoded, flip, anchor, index, erase] per batch from ``plan``, a list of
-    (global positions, indices) batches; ``log`` records what was handed out (for tracing decode failures)."""
+    """Batch-mode external_source: yields per batch [encoded, index, boxes, flip, shift] (CPU mode) or [encoded,
+    roi_start, roi_end, index, boxes] (GPU mode; eval: [encoded, index]) from ``plan``, a list of (global
+    positions, indices) batches; ``log`` records what was handed out (for tracing decode failures)."""
 
     def __init__(self, records: Sequence[ImageRecord], plan: list[tuple[np.ndarray, np.ndarray]],
                  tracker: BadImageTracker, aug: dict | None, epoch: int, host_resize: bool = False) -> None:
@@ -129,48 +130,42 @@ class _Source:
         self.i += 1
         if self.aug is None:
             return enc, [np.array(i, dtype=np.int64) for i in used_arr]
-        a = self.aug
-        h, w = a["height"], a["width"]
-        p = sample_aug_params(a["seed"], self.epoch, positions, h, w, a["pad"], a["flip_p"], a["erase_p"])
-        # Flip + zero-pad + crop as one resize ROI (relative to the input): output pixel (y, x) reads the resized,
-        # mirrored image at (y + sy, x + sx); roi_start > roi_end along x mirrors. Outside the picture the resize
-        # clamps to the border; ``valid`` tells to_model_input where to paint the padding black instead.
-        sy = p.crop[:, 0] - a["pad"]
-        sx = p.crop[:, 1] - a["pad"]
-        vy0, vx0 = np.maximum(0, -sy), np.maximum(0, -sx)
-        valid = np.stack([vy0, vx0, np.minimum(h, h - sy) - vy0, np.minimum(w, w - sx) - vx0], axis=1)
-        boxes = np.concatenate([p.erase, valid], axis=1).astype(np.int32)  # [B, 8]: erase box, picture box
         index = [np.array(i, dtype=np.int64) for i in used_arr]
+        extra = aug_outputs(positions, self.aug, self.epoch, self.host_resize)
         if self.host_resize:
-            shift = np.stack([sy, sx], axis=1).astype(np.int32)  # applied by _host_resize
-            return enc, index, list(boxes), [np.array(f, dtype=np.int32) for f in p.flip], list(shift)
-        y_start, y_end = sy / h, (sy + h) / h
-        x_start = np.where(p.flip == 1, (w - sx) / w, sx / w)
-        x_end = np.where(p.flip == 1, -sx / w, (sx + w) / w)
-        roi_start = np.stack([y_start, x_start], axis=1).astype(np.float32)
-        roi_end = np.stack([y_end, x_end], axis=1).astype(np.float32)
-        return enc, list(roi_start), list(roi_end), index, list(boxes)
+            boxes, flip, shift = extra
+            return enc, index, boxes, flip, shift
+        roi_start, roi_end, boxes = extra
+        return enc, roi_start, roi_end, index, boxes
 
 
-def _build_pipeline(source: _Source, *, train: bool, batch_size: int, height: int, width: int,
-                    device: torch.device, num_threads: int, normalize: bool):
+def _build_pipeline(source: _Source | SampleSource, *, train: bool, batch_size: int, height: int, width: int,
+                    device: torch.device, num_threads: int, normalize: bool, py_workers: int = 0):
     """The DALI pipeline. On a GPU: mixed decode, then one resize whose ROI also flips and shifts (train), optionally
-    normalised. On a CPU (``source.host_resize``): decode only; ``_host_resize`` finishes the batch in torch."""
+    normalised. On a CPU (``source.host_resize``): decode only; ``_host_resize`` finishes the batch in torch.
+    ``py_workers`` > 0 (train): ``source`` is a per-sample ``SampleSource`` run by that many spawned processes
+    (DALI's parallel external_source); 0: a batch-mode ``_Source`` called in the consumer's thread."""
     from nvidia.dali import fn, pipeline_def, types
 
     dev_id = _device_id(device)
+    parallel = {}
+    if py_workers:
+        # spawn, not fork: safe after CUDA is initialised, and the workers import only NumPy-level modules
+        parallel = dict(py_num_workers=py_workers, py_start_method="spawn")
+
+    def inputs(dtypes):
+        return fn.external_source(source=source, num_outputs=len(dtypes), batch=not py_workers,
+                                  parallel=bool(py_workers), dtype=dtypes)
 
     @pipeline_def(batch_size=batch_size, num_threads=max(1, num_threads), device_id=dev_id,
-                  prefetch_queue_depth=_PREFETCH, exec_dynamic=True)
+                  prefetch_queue_depth=_PREFETCH, exec_dynamic=True, **parallel)
     def pipe():
         if source.host_resize:
             if not train:
-                enc, index = fn.external_source(source=source, num_outputs=2, batch=True,
-                                                dtype=[types.UINT8, types.INT64])
+                enc, index = inputs([types.UINT8, types.INT64])
                 return fn.decoders.image(enc, device="cpu", output_type=types.RGB), index
-            enc, index, boxes, flip, shift = fn.external_source(source=source, num_outputs=5, batch=True,
-                                                                dtype=[types.UINT8, types.INT64, types.INT32,
-                                                                       types.INT32, types.INT32])
+            enc, index, boxes, flip, shift = inputs([types.UINT8, types.INT64, types.INT32, types.INT32,
+                                                     types.INT32])
             img = fn.decoders.image(enc, device="cpu", output_type=types.RGB)
             # The mirror goes on the small decoded image, in DALI's threads: it commutes exactly with the
             # (symmetric) resize, and a mirrored copy of the output would cost the consumer ~0.4 ms an image.
@@ -183,13 +178,11 @@ def _build_pipeline(source: _Source, *, train: bool, batch_size: int, height: in
                                             mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
 
         if not train:
-            enc, index = fn.external_source(source=source, num_outputs=2, batch=True,
-                                            dtype=[types.UINT8, types.INT64])
+            enc, index = inputs([types.UINT8, types.INT64])
             img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
             return finish(fn.resize(img, size=[height, width], device="gpu")), index
-        enc, roi_start, roi_end, index, boxes = fn.external_source(
-            source=source, num_outputs=5, batch=True,
-            dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64, types.INT32])
+        enc, roi_start, roi_end, index, boxes = inputs([types.UINT8, types.FLOAT, types.FLOAT, types.INT64,
+                                                        types.INT32])
         img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
         # Resize + flip + pad/crop in one uint8 pass (measured on the CPU: a separate fn.flip + out-of-bounds
         # fn.slice cost ~30% of the pipeline's throughput).
@@ -236,10 +229,12 @@ def _host_resize(images, height: int, width: int, shift: np.ndarray | None = Non
     return out
 
 
-def _find_bad(records: Sequence[ImageRecord], source: _Source, consumed: int) -> list[tuple[int, BadImageError]]:
-    """Decode with PIL every image of the batches handed to DALI but not yet returned; the failures."""
+def _find_bad(records: Sequence[ImageRecord], handed_out: Iterable[tuple[int, np.ndarray]],
+              consumed: int) -> list[tuple[int, BadImageError]]:
+    """Decode with PIL every image of the batches (batch number, indices) handed to DALI but not yet returned; the
+    failures."""
     bad = []
-    for batch_no, used in source.log:
+    for batch_no, used in handed_out:
         if batch_no < consumed:
             continue
         for idx in used:
@@ -257,13 +252,15 @@ class DaliTrainLoader(EpochTrainLoader):
 
     def __init__(self, records: Sequence[ImageRecord], sampler: IdentitySampler, *, height: int, width: int,
                  device: torch.device, num_workers: int, pad: int, flip_p: float, erase_p: float, seed: int,
-                 skip_bad_images: bool, normalize_in_loader: bool) -> None:
+                 skip_bad_images: bool, normalize_in_loader: bool, py_workers: int = 0) -> None:
         self.records, self.sampler, self.device = records, sampler, device
         self.height, self.width, self.num_threads = height, width, num_workers
         self.aug = dict(seed=seed, height=height, width=width, pad=pad, flip_p=flip_p, erase_p=erase_p)
         self.tracker = BadImageTracker(records, skip_bad_images)
         self.epoch = 0
         self.normalize_in_loader = normalize_in_loader  # see _build_pipeline.finish
+        self.py_workers = py_workers  # > 0: DALI's parallel external_source with that many spawned processes
+        self._kept = None  # parallel mode: (pipeline, source, the epoch it serves next) after a finished epoch
 
     def _plan(self) -> list[tuple[np.ndarray, np.ndarray]]:
         order = np.asarray(self.sampler.epoch_indices(self.epoch), dtype=np.int64)
@@ -272,24 +269,55 @@ class DaliTrainLoader(EpochTrainLoader):
         lo = self.sampler.rank * share
         return [(np.arange(s + lo, s + lo + share), order[s + lo:s + lo + share]) for s in range(0, len(order), b)]
 
+    def _sample_source(self, first_offset: int) -> SampleSource:
+        s = self.sampler
+        return SampleSource([r.path for r in self.records], [r.pid for r in self.records],
+                            dict(batch_size=s.batch_size, num_instances=s.num_instances, seed=s.seed, rank=s.rank,
+                                 world_size=s.world_size),
+                            self.aug, self.epoch, first_offset, frozenset(self.tracker.bad),
+                            host_resize=self.device.type != "cuda")
+
+    def _parallel_pipeline(self, start: int, share: int):
+        """(pipeline, source) for parallel mode from batch ``start`` of this epoch: the previous epoch's, reset,
+        when it ran to its end right before this epoch and no file has gone bad since; else a new one."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            pipe, source, next_epoch = kept
+            if start == 0 and next_epoch == self.epoch and source.bad == frozenset(self.tracker.bad):
+                return pipe, source
+            del pipe, kept  # shuts its workers down
+        source = self._sample_source(start * share)
+        pipe = _build_pipeline(source, train=True, batch_size=share, height=self.height, width=self.width,
+                               device=self.device, num_threads=self.num_threads, normalize=self.normalize_in_loader,
+                               py_workers=self.py_workers)
+        return pipe, source
+
     def __iter__(self) -> Iterator[Batch]:
-        plan = self._plan()
         share = self.sampler.batch_size // self.sampler.world_size
+        n_batches = len(self.sampler.epoch_indices(self.epoch)) // self.sampler.batch_size
         start = self.start_batch  # a resumed epoch's first batches are never handed to DALI
-        while start < len(plan):
-            # A fresh pipeline per epoch (and after a skipped decode failure): its state is (seed, epoch, batch).
-            source = _Source(self.records, plan[start:], self.tracker, self.aug, self.epoch,
-                             host_resize=self.device.type != "cuda")
-            pipe = _build_pipeline(source, train=True, batch_size=share, height=self.height, width=self.width,
-                                   device=self.device, num_threads=self.num_threads,
-                                   normalize=self.normalize_in_loader)
+        while start < n_batches:
+            if self.py_workers:
+                pipe, source = self._parallel_pipeline(start, share)
+                used = source.plan(self.epoch)[0][start * share:]
+                handed_out = [(t, used[t * share:(t + 1) * share]) for t in range(len(used) // share)]
+            else:
+                # A fresh pipeline per epoch (and after a skipped decode failure): its state is (seed, epoch, batch)
+                source = _Source(self.records, self._plan()[start:], self.tracker, self.aug, self.epoch,
+                                 host_resize=self.device.type != "cuda")
+                handed_out = source.log
+                pipe = _build_pipeline(source, train=True, batch_size=share, height=self.height, width=self.width,
+                                       device=self.device, num_threads=self.num_threads,
+                                       normalize=self.normalize_in_loader)
             consumed = 0
+            finished = False
             try:
                 while True:
                     try:
                         outputs = pipe.run()  # DALI already decodes the next batches in its threads (prefetch)
                     except StopIteration:
-                        start = len(plan)
+                        start = n_batches
+                        finished = True
                         break
                     images, index, boxes = outputs[:3]
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
@@ -306,14 +334,19 @@ class DaliTrainLoader(EpochTrainLoader):
                     yield Batch(x, pids, camids, clothes, indices.to(self.device), self.normalize_in_loader,
                                 box[:, :4], box[:, 4:])
                     consumed += 1
-            except RuntimeError:
-                bad = _find_bad(self.records, source, consumed)
+            except Exception:  # noqa: BLE001 - a failed decode (RuntimeError) or a worker's error (bare Exception)
+                # parallel mode: the workers run at most a few batches ahead; look at those only
+                window = handed_out if not self.py_workers else handed_out[consumed:consumed + 2 * _PREFETCH + 2]
+                bad = _find_bad(self.records, window, consumed)
                 if not bad:
                     raise
                 for idx, e in bad:
                     self.tracker.add(idx, e)  # raises the first one by name unless skipping
                 start += consumed
             finally:
+                if finished and self.py_workers:
+                    pipe.reset()  # the next epoch (epoch_idx + 1) runs on the same workers
+                    self._kept = (pipe, source, self.epoch + 1)
                 del pipe
         self.tracker.end_epoch(f"training epoch {self.epoch + 1}")
 
@@ -374,7 +407,7 @@ class DaliEvalLoader(EpochEvalLoader):
                     done += len(indices)
                     batches += 1
             except RuntimeError:
-                bad = _find_bad(self.records, source, batches)
+                bad = _find_bad(self.records, source.log, batches)
                 if not bad:
                     raise
                 for idx, e in bad:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from fastccreid.data.hostaug import pick_replacement
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
 from fastccreid.data.transforms import (
@@ -132,15 +133,11 @@ class BadImageTracker:
     def replacement(self, index: int, position: int) -> int:
         """A readable-so-far index of the same pid as ``index`` (chosen by ``position``, so runs repeat)."""
         if self._by_pid is None:
+            self._pids = [r.pid for r in self.records]
             self._by_pid = {}
-            for i, r in enumerate(self.records):
-                self._by_pid.setdefault(r.pid, []).append(i)
-        pid = self.records[index].pid
-        good = [i for i in self._by_pid[pid] if i not in self.bad]
-        if not good:
-            raise BadImageError(f"every training image of identity {pid} is unreadable (e.g. "
-                                f"{self.records[index].path!r}); remove the identity or fix its files")
-        return good[position % len(good)]
+            for i, pid in enumerate(self._pids):
+                self._by_pid.setdefault(pid, []).append(i)
+        return pick_replacement(index, position, self._pids, self._by_pid, self.bad, [r.path for r in self.records])
 
     def end_epoch(self, what: str) -> None:
         if self._epoch_bad:
@@ -368,11 +365,16 @@ def build_train_loader(records: Sequence[ImageRecord], *, height: int = 384, wid
                        num_instances: int = 8, seed: int = 0, device: torch.device | str = "cpu",
                        loader: str = "auto", num_workers: int = 2, pad: int = 10, flip_p: float = 0.5,
                        erase_p: float = 0.5, skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
-                       output: str = "auto"):
+                       output: str = "auto", dali_py_workers: int = 0):
     """The P x K training loader: ``.set_epoch(e)``, iterating yields this rank's ``Batch``es of the sampler's epoch
     order, ``len`` = batches per epoch, ``.backend`` ("dali" | "torch"), ``.bad_images`` (files skipped so far).
-    ``output``: "float" (normalised in the loader), "uint8" (normalised by ``to_model_input``) or "auto"."""
+    ``output``: "float" (normalised in the loader), "uint8" (normalised by ``to_model_input``) or "auto".
+    ``dali_py_workers`` (DALI only): > 0 reads files and draws augmentation in that many spawned processes (DALI's
+    parallel external_source) instead of the training thread; worth it when file reads are slow (network storage).
+    Same batches either way."""
     _check_common(records, height, width, batch_size, num_workers)
+    if isinstance(dali_py_workers, bool) or not isinstance(dali_py_workers, int) or dali_py_workers < 0:
+        raise ValueError(f"--dali_py_workers must be an integer >= 0, got {dali_py_workers!r}")
     if pad < 0:
         raise ValueError(f"--pad_size must be >= 0, got {pad}")
     for name, p in (("--horizontal_flip_pro", flip_p), ("--random_erasing_pro", erase_p)):
@@ -389,7 +391,7 @@ def build_train_loader(records: Sequence[ImageRecord], *, height: int = 384, wid
     if backend == "dali":
         from fastccreid.data.dali import DaliTrainLoader
 
-        return DaliTrainLoader(records, sampler, **kw)
+        return DaliTrainLoader(records, sampler, py_workers=dali_py_workers, **kw)
     return TrainLoader(records, sampler, **kw)
 
 

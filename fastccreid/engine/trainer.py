@@ -330,7 +330,7 @@ class Trainer:
                                   num_workers=a.num_workers, pad=a.pad_size, flip_p=a.horizontal_flip_pro,
                                   erase_p=a.random_erasing_pro, skip_bad_images=a.skip_bad_images,
                                   rank=self.ctx.rank, world_size=self.ctx.world_size,
-                                  output=a.loader_output)
+                                  output=a.loader_output, dali_py_workers=a.dali_py_workers)
 
     def steps_per_epoch(self) -> int:
         n = len(self.train_loader)
