@@ -8,7 +8,9 @@ the consumer resizes with torch's uint8 kernel (``_host_resize``: DALI's CPU res
 shifts by row copies. The padding band and the erase boxes ride along and are
 painted after normalisation by ``to_model_input`` (black / exactly 0, as the seed).
 DALI's own RNG is never used, so a pipeline rebuilt from (seed, epoch, batch) replays exactly: each epoch builds
-a fresh pipeline.
+a fresh pipeline. With ``py_workers`` > 0 the source is DALI's parallel per-sample external_source instead
+(``dali_source.SampleSource``, in spawned processes), which derives each epoch's plan from (seed, epoch) itself, so
+one pipeline serves successive epochs.
 Eval: the same decode + resize in fixed order, with the last partial batch kept (batch-mode external_source may
 return a smaller batch).
 Bad data: files are magic-checked on the host before DALI sees them; a decode failure inside DALI is traced to its
