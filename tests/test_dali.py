@@ -106,6 +106,16 @@ def test_image_formats(tmp_path):
     assert (to_model_input(batch) - ref).abs().max().item() <= TOL
 
 
+def _check_skipped_training_epoch(loader, bad: set[int]) -> None:
+    """One epoch with --skip_bad_images: a warning with the count, every batch still P x K, no bad index in it."""
+    with pytest.warns(UserWarning, match=f"skipped {len(bad)} unreadable"):
+        batches = list(loader)
+    assert loader.bad_images == len(bad) and len(batches) == len(loader)
+    for b in batches:
+        assert not bad & set(b.indices.tolist())
+        assert sorted(torch.bincount(b.pids)[torch.bincount(b.pids) > 0].tolist()) == [4, 4]
+
+
 def test_bad_images(records, tmp_path):
     bad, _ = corrupt_copy(records, str(tmp_path), 7)
     garbage = tmp_path / "garbage.jpg"
@@ -116,13 +126,7 @@ def test_bad_images(records, tmp_path):
         list(build_train_loader(bad, **kw))
     with pytest.raises(BadImageError, match="garbage"):
         list(build_eval_loader(bad, height=H, width=W, batch_size=8, loader="dali", num_workers=1))
-    loader = build_train_loader(bad, skip_bad_images=True, **kw)
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        batches = list(loader)
-    assert loader.bad_images == 2 and len(batches) == len(loader)
-    for b in batches:
-        assert not {7, 12} & set(b.indices.tolist())
-        assert sorted(torch.bincount(b.pids)[torch.bincount(b.pids) > 0].tolist()) == [4, 4]
+    _check_skipped_training_epoch(build_train_loader(bad, skip_bad_images=True, **kw), {7, 12})
     ev = build_eval_loader(bad, height=H, width=W, batch_size=8, loader="dali", num_workers=1, skip_bad_images=True)
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
         got = torch.cat([b.indices for b in ev]).tolist()
@@ -197,12 +201,6 @@ def test_parallel_external_source_gives_the_same_batches(records, tmp_path):
     kw["seed"] = 0  # an epoch-0 order that uses both bad files (the sampler leaves one image of each id out)
     with pytest.raises(BadImageError, match="truncated_|garbage"):
         list(build_train_loader(bad, dali_py_workers=2, **kw))
-    skipping = build_train_loader(bad, dali_py_workers=2, skip_bad_images=True, **kw)
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        batches = list(skipping)
-    assert skipping.bad_images == 2 and len(batches) == len(skipping)
-    for b in batches:
-        assert not {7, 12} & set(b.indices.tolist())
-        assert sorted(torch.bincount(b.pids)[torch.bincount(b.pids) > 0].tolist()) == [4, 4]
+    _check_skipped_training_epoch(build_train_loader(bad, dali_py_workers=2, skip_bad_images=True, **kw), {7, 12})
     with pytest.raises(ValueError, match="--dali_py_workers"):
         build_train_loader(records, dali_py_workers=-1, **kw)
