@@ -133,11 +133,11 @@ class BadImageTracker:
     def replacement(self, index: int, position: int) -> int:
         """A readable-so-far index of the same pid as ``index`` (chosen by ``position``, so runs repeat)."""
         if self._by_pid is None:
-            self._pids = [r.pid for r in self.records]
+            self._pids, self._paths = [r.pid for r in self.records], [r.path for r in self.records]
             self._by_pid = {}
             for i, pid in enumerate(self._pids):
                 self._by_pid.setdefault(pid, []).append(i)
-        return pick_replacement(index, position, self._pids, self._by_pid, self.bad, [r.path for r in self.records])
+        return pick_replacement(index, position, self._pids, self._by_pid, self.bad, self._paths)
 
     def end_epoch(self, what: str) -> None:
         if self._epoch_bad:
