@@ -92,8 +92,8 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
                    help="input pipeline: DALI when it imports (auto), or the torchvision DataLoader")
     g.add_argument("--loader_output", default="auto", choices=["auto", "float", "uint8"],
-                   help="what the loader hands the model: normalised float batches (the loader's threads do the float "
-                        "work) or uint8 batches normalised on the model's device; auto = float on CPU, uint8 on GPU")
+                   help="what the loader hands the model: normalised float batches (the loader does the float work) or "
+                        "uint8 batches normalised on the model's device; auto = float on CPU, uint8 on GPU")
     g.add_argument("--dali_py_workers", type=int, default=0,
                    help="DALI training loader: read files and draw augmentation in this many spawned processes "
                         "(DALI's parallel external_source; helps when file reads are slow); 0 = in the main thread")

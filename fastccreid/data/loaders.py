@@ -31,7 +31,8 @@ from fastccreid.data.transforms import (
 )
 
 LOADER_CHOICES = ("auto", "dali", "torch")
-# What a loader hands out: "float" = normalised float batches finished in the loader's own threads / workers;
+# What a loader hands out: "float" = normalised float batches finished by the loader (its DataLoader workers, or in
+# DALI's CPU mode the iterating thread, while DALI decodes the next batches);
 # "uint8" = uint8 HWC batches on the model's device that ``to_model_input`` normalises there (into the model's first
 # step); "auto" = float on a CPU-only run, uint8 on an accelerator.
 OUTPUT_CHOICES = ("auto", "float", "uint8")
