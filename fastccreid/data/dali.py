@@ -152,7 +152,8 @@ def _build_pipeline(source: _Source | SampleSource, *, train: bool, batch_size: 
     dev_id = _device_id(device)
     parallel = {}
     if py_workers:
-        # spawn, not fork: safe after CUDA is initialised, and the workers import only NumPy-level modules
+        # spawn, not fork: safe after CUDA is initialised. Spawned workers re-import the main script (seconds),
+        # which is why one pipeline serves successive epochs in this mode
         parallel = dict(py_num_workers=py_workers, py_start_method="spawn")
 
     def inputs(dtypes):

@@ -1,6 +1,7 @@
 """What DALI's external_source hands the training pipeline per sample: the encoded file and the host-drawn
-augmentation, as the decode + resize stage wants it. NumPy only (no torch), because ``SampleSource`` runs in DALI's
-spawned Python workers (``--dali_py_workers``), which import this module when they start.
+augmentation, as the decode + resize stage wants it. NumPy only at import (the sampler, which needs torch, is
+imported when a worker first plans an epoch), because ``SampleSource`` runs in DALI's spawned Python workers
+(``--dali_py_workers``), which import this module when they start.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Host-side pieces of the input pipeline that need only NumPy: the bad-image error, the encoded-file check and read,
-and the seeded per-sample augmentation parameters. Kept free of torch / PIL / torchvision so that DALI's spawned
-external_source workers (``fastccreid.data.dali_source``) start in a fraction of a second; ``transforms``
-re-exports every name here.
+and the seeded per-sample augmentation parameters. Kept free of torch / PIL / torchvision so that the callback of
+DALI's parallel external_source (``fastccreid.data.dali_source``) adds no heavy import to its spawned workers;
+``transforms`` re-exports every name here.
 """
 
 from __future__ import annotations
