@@ -266,11 +266,7 @@ class DaliTrainLoader(EpochTrainLoader):
         self._kept = None  # parallel mode: (pipeline, source, the epoch it serves next) after a finished epoch
 
     def _plan(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        order = np.asarray(self.sampler.epoch_indices(self.epoch), dtype=np.int64)
-        b = self.sampler.batch_size
-        share = b // self.sampler.world_size
-        lo = self.sampler.rank * share
-        return [(np.arange(s + lo, s + lo + share), order[s + lo:s + lo + share]) for s in range(0, len(order), b)]
+        return list(zip(*self.sampler.rank_batches(self.epoch), strict=True))
 
     def _sample_source(self, first_offset: int) -> SampleSource:
         s = self.sampler

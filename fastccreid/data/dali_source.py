@@ -60,12 +60,8 @@ class SampleSource:
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             from fastccreid.data.sampler import IdentitySampler  # torch: only once a worker needs a plan
 
-            sampler = IdentitySampler(self.pids, **self.sampler_args)
-            order = np.asarray(sampler.epoch_indices(epoch), dtype=np.int64)
-            b, world, rank = sampler.batch_size, sampler.world_size, sampler.rank
-            share = b // world
-            positions = (np.arange(0, len(order), b)[:, None] + rank * share + np.arange(share)).reshape(-1)
-            used = order[positions]
+            positions, used = (a.reshape(-1) for a in
+                               IdentitySampler(self.pids, **self.sampler_args).rank_batches(epoch))
             if self.bad:
                 by_pid: dict[int, list[int]] = {}
                 for i, pid in enumerate(self.pids):

@@ -278,11 +278,9 @@ class TrainLoader(EpochTrainLoader):
 
     def batch_keys(self) -> list[list[tuple[int, int, int]]]:
         """This rank's batches of the epoch as (epoch, global position, index) keys."""
-        order = self.sampler.epoch_indices(self.epoch)
-        b = self.sampler.batch_size
-        share = b // self.sampler.world_size
-        lo = self.sampler.rank * share
-        return [[(self.epoch, p, order[p]) for p in range(s + lo, s + lo + share)] for s in range(0, len(order), b)]
+        positions, indices = self.sampler.rank_batches(self.epoch)
+        return [[(self.epoch, p, i) for p, i in zip(pr, ir, strict=True)]
+                for pr, ir in zip(positions.tolist(), indices.tolist(), strict=True)]
 
     def __iter__(self) -> Iterator[Batch]:
         normalize = self.normalize_in_loader

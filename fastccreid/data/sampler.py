@@ -87,12 +87,16 @@ class IdentitySampler(torch.utils.data.Sampler[int]):
         self._cache = (epoch, order)
         return order
 
+    def rank_batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's batches of ``epoch``: (global positions in the epoch's order, dataset indices), both int64
+        [batches, batch_size / world_size]; rank r takes columns [r*B/W, (r+1)*B/W) of every global batch."""
+        order = np.asarray(self.epoch_indices(epoch), dtype=np.int64)
+        share = self.batch_size // self.world_size
+        positions = np.arange(0, len(order), self.batch_size)[:, None] + self.rank * share + np.arange(share)
+        return positions, order[positions]
+
     def __iter__(self) -> Iterator[int]:
-        order = self.epoch_indices(self.epoch)
-        b, share = self.batch_size, self.batch_size // self.world_size
-        lo = self.rank * share
-        for start in range(0, len(order), b):
-            yield from order[start + lo:start + lo + share]
+        yield from self.rank_batches(self.epoch)[1].reshape(-1).tolist()
 
     def __len__(self) -> int:
         return len(self.epoch_indices(self.epoch)) // self.world_size
