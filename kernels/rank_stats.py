@@ -369,6 +369,11 @@ def _seed_sqeuclidean(q: torch.Tensor, g: torch.Tensor, gg: torch.Tensor | None 
     return base.addmm_(q, g.t(), beta=1, alpha=-2)
 
 
+def _from_sqeuclidean(d: torch.Tensor, metric: str) -> torch.Tensor:
+    """Squared distances [C, G] (ours to modify) as ``metric``: euclidean is the seed's clamp(1e-12).sqrt()."""
+    return d.clamp_(min=1e-12).sqrt_() if metric == "euclidean" else d
+
+
 def _chunk_distance(q: torch.Tensor, g: torch.Tensor, metric: str, gg: torch.Tensor | None = None,
                     lowp: torch.dtype | None = None) -> torch.Tensor:
     """Distances [C, G] by ``metric``; ``gg`` caches the gallery term (squared norms, or unit rows for cosine).
@@ -379,10 +384,7 @@ def _chunk_distance(q: torch.Tensor, g: torch.Tensor, metric: str, gg: torch.Ten
         dot = _lowp_mm(q.to(lowp), g.to(lowp).t())
         return (qq + (_sq_norms(g.float()) if gg is None else gg)[None, :]).sub_(dot.mul_(2))
     if metric in ("sqeuclidean", "euclidean"):
-        d = _seed_sqeuclidean(q, g, gg)
-        if metric == "euclidean":
-            d = d.clamp_(min=1e-12).sqrt_()
-        return d
+        return _from_sqeuclidean(_seed_sqeuclidean(q, g, gg), metric)
     qn = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
     gn = g / g.norm(dim=1, keepdim=True).clamp(min=1e-12) if gg is None else gg
     return torch.addmm(torch.ones((), dtype=q.dtype, device=q.device), qn, gn.t(), beta=1, alpha=-1)
@@ -479,8 +481,8 @@ def _seed_sqeuclidean_tiled(q: torch.Tensor, g, *, normalize: bool, gg: torch.Te
         else:
             b = buf[: t1 - t0].copy_(g[t0:t1])
         gt = _sq_norms(b, sq_tmp) if gg is None else gg[t0:t1]
-        if check_finite and not bool(torch.isfinite(gt).all()):
-            raise ValueError("features contain NaN or Inf")
+        if check_finite:
+            _require_finite(gt)
         o = out[:, t0:t1]
         torch.add(qq[:, None].expand(c, t1 - t0), gt[None, :].expand(c, t1 - t0), out=o)
         o.addmm_(q, b.t(), beta=1, alpha=-2)
@@ -564,7 +566,7 @@ def _tiled_chunk_stats(qs: torch.Tensor, gal: _Gallery, metric: str, m: _Matches
         src = _RowView(gal.g, gal.perm[t0:t1]) if gal.perm is not None and not gal.permuted else gal.g[t0:t1]
         d = _seed_sqeuclidean_tiled(qs, src, normalize=gal.on_the_fly, gg=gal.cache(t0, t1),
                                     ws=None if keep else ws)
-        return t0, t1, d.clamp_(min=1e-12).sqrt_() if metric == "euclidean" else d
+        return t0, t1, _from_sqeuclidean(d, metric)
 
     for ti in match_tiles:
         t0, t1, d = tile_dist(ti, keep=keep_cached)
@@ -730,8 +732,8 @@ def rank_stats(
                 d = _seed_sqeuclidean_tiled(qs, gal.g, normalize=gal.on_the_fly, gg=gal.gg, ws=ws)
             else:
                 d = _chunk_distance(qs, gal.rows(0, ng), metric, gal.cache(0, ng), lowp)
-            if streamed and metric == "euclidean":
-                d = d.clamp_(min=1e-12).sqrt_()
+            if streamed:
+                d = _from_sqeuclidean(d, metric)
             f, a, i, n = _chunk_stats(d, m, use_compile, ws)
         else:
             f, a, i, n = _tiled_chunk_stats(qs, gal, metric, m, lowp, use_compile, ws)
