@@ -81,7 +81,7 @@ def _to_tensor(x, name: str) -> torch.Tensor:
 
 def normalize_features(f: torch.Tensor) -> torch.Tensor:
     """The seed's ``f / (||f||_2 + 1e-12)`` per row, in fp32: [N, D]."""
-    from fastccreid.kernels.rank_stats import seed_normalize
+    from fastccreid.kernels.seed_distance import seed_normalize
 
     return seed_normalize(f)
 
@@ -130,7 +130,8 @@ def evaluate(
     single-gallery-shot CMC (10 draws of one gallery image per identity; ``cuhk03_seed`` None draws from numpy's
     global RNG exactly as torchreid does, an int seeds a private RandomState). Inputs: numpy or torch, any device.
     """
-    from fastccreid.kernels.rank_stats import _all_finite, rank_stats
+    from fastccreid.evaluation import rank_stats
+    from fastccreid.kernels.checks import all_finite
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -178,7 +179,7 @@ def evaluate(
 
     if distmat is None:
         if rerank or protocol == "cuhk03":
-            if not (_all_finite(q) and _all_finite(g)):  # (rank_stats checks the features it is given itself)
+            if not (all_finite(q) and all_finite(g)):  # (rank_stats checks the features it is given itself)
                 raise ValueError("features contain NaN or Inf")
             q = normalize_features(q) if normalize else q.to(torch.float32)
             g = normalize_features(g) if normalize else g.to(torch.float32)
@@ -246,9 +247,9 @@ def _cuhk03_cmc(dm, q, g, qp, gp, qc, gc, valid, cut: int, seed) -> np.ndarray:
         if dm is not None:
             d = dm[torch.as_tensor(qi, device=dm.device)]
         else:
-            from fastccreid.kernels.rank_stats import _chunk_distance
+            from fastccreid.kernels.seed_distance import chunk_distance
 
-            d = _chunk_distance(q[torch.as_tensor(qi, device=q.device)], g, "sqeuclidean")
+            d = chunk_distance(q[torch.as_tensor(qi, device=q.device)], g, "sqeuclidean")
         order = torch.sort(d, dim=1, stable=True).indices.cpu().numpy()
         for row, i in zip(order, qi, strict=True):
             pids = gp_n[row]

@@ -12,15 +12,8 @@ import math
 import torch
 
 from fastccreid.kernels._backend import resolve_backend
-from fastccreid.kernels.rank_stats import (
-    JUNK_RULES,
-    _all_finite,
-    _as_float,
-    _check_labels,
-    _chunk_distance,
-    _chunk_rows,
-    gallery_cache,
-)
+from fastccreid.kernels.checks import JUNK_RULES, all_finite, as_float, check_protocol_labels
+from fastccreid.kernels.seed_distance import chunk_distance, chunk_rows, gallery_cache
 
 TOPK_METRICS = ("sqeuclidean", "euclidean", "cosine", "precomputed")
 
@@ -72,7 +65,7 @@ def topk_ranking(
     if metric == "precomputed":
         if g is not None:
             raise ValueError("with metric='precomputed' pass the distance matrix as q and leave g None")
-        dm = _as_float(q, "distmat")
+        dm = as_float(q, "distmat")
         if dm.dim() != 2:
             raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dm.shape)}")
         if bool(torch.isnan(dm).any()):
@@ -82,10 +75,10 @@ def topk_ranking(
     else:
         if g is None:
             raise ValueError("g (gallery features) is required unless metric='precomputed'")
-        q, g = _as_float(q, "q"), _as_float(g, "g")
+        q, g = as_float(q, "q"), as_float(g, "g")
         if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
             raise ValueError(f"q [Q, D] and g [G, D] must be 2-D with equal D, got {tuple(q.shape)}, {tuple(g.shape)}")
-        if not (_all_finite(q) and _all_finite(g)):
+        if not (all_finite(q) and all_finite(g)):
             raise ValueError("features contain NaN or Inf")
         nq, ng = q.shape[0], g.shape[0]
         tensors = (q, g)
@@ -94,7 +87,7 @@ def topk_ranking(
     device = tensors[0].device
     labels = None
     if junk is not None:
-        labels = _check_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng, device)
+        labels = check_protocol_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng, device)
     if resolve_backend(backend, *tensors) == "triton" and metric == "sqeuclidean":
         if q.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
             from fastccreid.kernels._topk_triton import JUNK_CODES, topk_op
@@ -109,11 +102,11 @@ def topk_ranking(
     kk = min(k, ng)
     vals = torch.full((nq, k), math.inf, dtype=torch.float32, device=device)
     inds = torch.full((nq, k), -1, dtype=torch.int64, device=device)
-    rows = chunk_size or _chunk_rows(ng)
+    rows = chunk_size or chunk_rows(ng)
     gcache = gallery_cache(g, metric) if metric != "precomputed" else None
     for s in range(0, nq, rows):
         e = min(nq, s + rows)
-        d = dm[s:e].to(torch.float32).clone() if metric == "precomputed" else _chunk_distance(q[s:e], g, metric, gcache)
+        d = dm[s:e].to(torch.float32).clone() if metric == "precomputed" else chunk_distance(q[s:e], g, metric, gcache)
         if labels is not None:
             qp, gp, qc, gc, qcl, gcl = labels
             same = gp[None, :] == qp[s:e, None]

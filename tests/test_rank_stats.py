@@ -133,6 +133,7 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
     import importlib
 
     rs_mod = importlib.import_module("fastccreid.kernels.rank_stats")
+    gallery_mod = importlib.import_module("fastccreid.evaluation.gallery")
     gen = torch.Generator().manual_seed(3)
     nq, ng = 40, 300
     q, g = torch.randn(nq, 32, generator=gen).to(dtype), torch.randn(ng, 32, generator=gen).to(dtype)
@@ -145,7 +146,7 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
     if lut:  # the lookup-table placement (normally only for wide tiles) on every tile
         monkeypatch.setattr(rs_mod, "_LUT_MIN_COLS", 1)
     b = rank_stats(q, g, tile=37, chunk_size=7, **kw)
-    monkeypatch.setattr(rs_mod, "_NORM_COPY_BYTES", 0)
+    monkeypatch.setattr(gallery_mod, "NORM_COPY_BYTES", 0)
     c = rank_stats(q, g, tile=64, **kw)
     for other in (b, c):
         assert torch.equal(a.first_rank, other.first_rank)
@@ -200,16 +201,16 @@ def test_gallery_tiled_distance_is_bit_identical_to_the_seeds(dtype):
     at least ``tile`` rows wide: much narrower products take other BLAS paths with other rounding)."""
     import importlib
 
-    rs_mod = importlib.import_module("fastccreid.kernels.rank_stats")
+    rs_mod = importlib.import_module("fastccreid.kernels.seed_distance")
     gen = torch.Generator().manual_seed(11)
     q, g = torch.rand(19, 96, generator=gen).to(dtype), torch.rand(250, 96, generator=gen).to(dtype)
     qn = rs_mod.seed_normalize(q)
-    want = rs_mod._seed_sqeuclidean(qn, rs_mod.seed_normalize(g))
+    want = rs_mod.seed_sqeuclidean(qn, rs_mod.seed_normalize(g))
     for tile in (64, 100, 250, 1024):
-        got = rs_mod._seed_sqeuclidean_tiled(qn, g, normalize=True, tile=tile)
+        got = rs_mod.seed_sqeuclidean_tiled(qn, g, normalize=True, tile=tile)
         assert torch.equal(got, want), tile
     gn, gg = rs_mod.seed_normalize(g, with_sq_norms=True)
-    assert torch.equal(rs_mod._seed_sqeuclidean_tiled(qn, gn, normalize=False, gg=gg, tile=33), want)
+    assert torch.equal(rs_mod.seed_sqeuclidean_tiled(qn, gn, normalize=False, gg=gg, tile=33), want)
 
 
 def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
@@ -217,7 +218,8 @@ def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
     big for a copy, and the seed's distance matrix given as precomputed: identical statistics."""
     import importlib
 
-    rs_mod = importlib.import_module("fastccreid.kernels.rank_stats")
+    rs_mod = importlib.import_module("fastccreid.kernels.seed_distance")
+    gallery_mod = importlib.import_module("fastccreid.evaluation.gallery")
     gen = torch.Generator().manual_seed(5)
     nq, ng = 30, 2100
     q, g = torch.rand(nq, 40, generator=gen), torch.rand(ng, 40, generator=gen)
@@ -225,10 +227,10 @@ def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
     kw = dict(q_pids=torch.randint(0, 9, (nq,), generator=gen), g_pids=torch.randint(0, 9, (ng,), generator=gen),
               q_camids=torch.randint(0, 3, (nq,), generator=gen), g_camids=torch.randint(0, 3, (ng,), generator=gen),
               junk="market")
-    dm = rs_mod._seed_sqeuclidean(rs_mod.seed_normalize(q), rs_mod.seed_normalize(g))
+    dm = rs_mod.seed_sqeuclidean(rs_mod.seed_normalize(q), rs_mod.seed_normalize(g))
     ref = rank_stats(dm, None, "precomputed", **kw)
     runs = [rank_stats(q, g, normalize=True, **kw), rank_stats(q, g, normalize=True, chunk_size=4, **kw)]
-    monkeypatch.setattr(rs_mod, "_NORM_COPY_BYTES", 0)
+    monkeypatch.setattr(gallery_mod, "NORM_COPY_BYTES", 0)
     runs.append(rank_stats(q, g, normalize=True, chunk_size=4, **kw))
     for st in runs:
         assert torch.equal(st.first_rank, ref.first_rank)
