@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastccreid.data.batch import BadImageTracker, Batch, EpochEvalLoader, EpochTrainLoader, labels_on_device
 from fastccreid.data.dali_source import SampleSource, aug_outputs
-from fastccreid.data.loaders import BadImageTracker, Batch, EpochEvalLoader, EpochTrainLoader, _labels
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
 from fastccreid.data.transforms import (
@@ -249,7 +249,7 @@ def _find_bad(records: Sequence[ImageRecord], handed_out: Iterable[tuple[int, np
 
 
 class DaliTrainLoader(EpochTrainLoader):
-    """DALI backend of ``build_train_loader``; same interface as ``loaders.TrainLoader``."""
+    """DALI backend of ``build_train_loader``; same interface as ``torch_loader.TrainLoader``."""
 
     backend = "dali"
 
@@ -320,7 +320,7 @@ class DaliTrainLoader(EpochTrainLoader):
                         break
                     images, index, boxes = outputs[:3]
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
-                    pids, camids, clothes = _labels(self.records, indices.numpy(), self.device)
+                    pids, camids, clothes = labels_on_device(self.records, indices.numpy(), self.device)
                     box = torch.from_numpy(boxes.as_array().reshape(-1, 8)).to(self.device)
                     if source.host_resize:
                         x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 2))
@@ -351,7 +351,7 @@ class DaliTrainLoader(EpochTrainLoader):
 
 
 class DaliEvalLoader(EpochEvalLoader):
-    """DALI backend of ``build_eval_loader``; same interface as ``loaders.EvalLoader``."""
+    """DALI backend of ``build_eval_loader``; same interface as ``torch_loader.EvalLoader``."""
 
     backend = "dali"
 
@@ -395,7 +395,7 @@ class DaliEvalLoader(EpochEvalLoader):
                         todo = todo[:0]
                         break
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
-                    pids, camids, clothes = _labels(self.records, indices.numpy(), self.device)
+                    pids, camids, clothes = labels_on_device(self.records, indices.numpy(), self.device)
                     if source.host_resize:
                         x = _host_resize(images, self.height, self.width)
                         if self.normalize_in_loader:

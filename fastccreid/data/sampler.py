@@ -1,4 +1,4 @@
-"""The P x K identity sampler (SPEC §2), seeded per epoch and shardable across ranks.
+"""The P x K identity sampler (README "Input pipeline"), seeded per epoch and shardable across ranks.
 
 Same algorithm as the seed's ``RandomIdentitySampler``, but every epoch's order is a pure function of
 (seed, epoch) drawn from a private generator (never the global RNGs), so any rank can rebuild it and

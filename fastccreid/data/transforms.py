@@ -3,8 +3,9 @@ and the on-device normalisation that finishes them.
 
 Both loaders carry uint8 images (4x less to move than float32) and leave ToTensor + Normalize + the erase fill to
 ``normalize_on_device``, one fused pass on the model's device. Augmentation parameters follow the seed's
-distributions (SPEC §2) but are drawn per sample from a generator seeded by (seed, epoch, position in the epoch), so
-the DALI and torch paths draw identical parameters and any run, rank split or resume replays them exactly.
+distributions (README "Input pipeline") but are drawn per sample from a generator seeded by (seed, epoch, position
+in the epoch), so the DALI and torch paths draw identical parameters and any run, rank split or resume replays them
+exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from fastccreid.data.hostaug import (  # noqa: F401  (re-exported: the loaders' 
     sample_aug_params,
     sample_erase_box,
 )
-from fastccreid.reference.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# ImageNet channel statistics (RGB, [0, 1] scale) of torchvision's pretrained ResNet-50, which the seed's Normalize
+# uses. Defined here for production; the reference (``fastccreid.reference.transforms``) keeps its own copy, and
+# tests pin both to these literals.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str) -> Image.Image:
