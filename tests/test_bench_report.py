@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
 
 from fastccreid.bench import BenchRow, format_table, time_median
 from fastccreid.bench.report import write_report
@@ -45,3 +51,43 @@ def test_variant_rows_get_their_speedup_from_items_per_second():
             BenchRow("pipeline", "jpeg", "reference", 0.5, 500.0, 2**30)]
     lines = format_table(rows).splitlines()
     assert lines[2].endswith("| 2.0x |") and lines[3].endswith("| 2.5x |") and lines[4].endswith("|  |")
+
+
+# The JSON contract of ``fastccreid bench ... --json FILE`` (README, Performance): field -> type.
+ROW_FIELDS = {"suite": str, "case": str, "path": str, "median_s": float, "items_per_s": float,
+              "peak_rss_bytes": int, "repeats": int, "items": int, "extra": dict}
+HARDWARE_FIELDS = {"cpu", "cores", "torch", "gpu", "numpy", "commit", "python"}
+
+
+def test_bench_cli_runs_a_quick_suite_and_writes_the_documented_json(tmp_path):
+    """``fastccreid bench kernels --quick --json F`` for real, in a subprocess (3 repeats per case to keep it short):
+    exit 0, the markdown table on stdout, and a JSON file with the hardware line and one row per (case, path)."""
+    out = tmp_path / "bench" / "kernels.json"
+    env = {**os.environ, "FASTCCREID_BENCH_REPEATS": "3"}
+    proc = subprocess.run([sys.executable, "-m", "fastccreid", "bench", "kernels", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "== bench kernels (quick)" in proc.stdout and "| suite | case | path |" in proc.stdout
+    assert f"wrote {out}" in proc.stdout
+    assert not list(out.parent.glob("*.tmp"))  # the atomic write left no temporary file
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"hardware", "results"}
+    hw = payload["hardware"]
+    assert HARDWARE_FIELDS <= set(hw), HARDWARE_FIELDS - set(hw)
+    assert isinstance(hw["cores"], int) and hw["cores"] >= 1 and hw["torch"] == torch.__version__
+    rows = payload["results"]
+    for row in rows:
+        assert set(row) == set(ROW_FIELDS), row
+        for name, typ in ROW_FIELDS.items():
+            assert isinstance(row[name], typ), (name, row[name])
+        assert row["suite"] == "kernels" and row["path"] in ("fast", "reference") and row["repeats"] == 3
+        assert row["median_s"] > 0 and row["items"] > 0 and row["peak_rss_bytes"] > 2**20
+        assert row["items_per_s"] == pytest.approx(row["items"] / row["median_s"], rel=1e-9)
+    # quick mode: triplet at B = 32 and 256, pdist at 32x32, 256x256 and LTCC's 493 x 7,050; each fast and reference
+    cases = {}
+    for row in rows:
+        cases.setdefault(row["case"], []).append(row["path"])
+    assert all(sorted(paths) == ["fast", "reference"] for paths in cases.values()), cases
+    assert sorted(cases) == sorted([f"triplet fwd+bwd B={b} D=2048" for b in (32, 256)]
+                                   + [f"pdist euclidean {m}x{n} D=2048" for m, n in ((32, 32), (256, 256),
+                                                                                   (493, 7050))])

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from fastccreid.bench import BenchRow, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, peak_rss_bytes
 
 D = 2048
 NOISE = 4.5  # per-element noise scale of the synthetic features (sets how hard the ranking is)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench import BenchRow, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, peak_rss_bytes
 from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance
 from fastccreid.reference.losses import TripletLoss, euclidean_dist
 

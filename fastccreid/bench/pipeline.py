@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench import BenchRow, peak_rss_bytes, time_median
+from fastccreid.bench.common import BenchRow, peak_rss_bytes, time_median
 
 WORKERS = 2
 OUT_H, OUT_W = 384, 192

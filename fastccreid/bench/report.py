@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from fastccreid.bench import BenchRow, format_table
+from fastccreid.bench.common import BenchRow, format_table
 
 
 def _hardware_line(hw: dict[str, Any]) -> str:

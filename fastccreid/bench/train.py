@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fastccreid.bench import BenchRow, peak_rss_bytes, time_median
+from fastccreid.bench.common import BenchRow, peak_rss_bytes, time_median
 
 NUM_CLASSES = 77  # LTCC's training identities
 

@@ -1,0 +1,110 @@
+"""What every bench suite shares: the result row, the timing and memory probes, the hardware line, the markdown
+table and the atomic JSON write. Suites and ``report`` import this module; ``fastccreid.bench`` (the dispatcher)
+imports the suites lazily, so nothing imports its importer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BenchRow:
+    """One measured path of one case. ``path`` is "fast" or "reference"; the two paths share ``case``."""
+
+    suite: str
+    case: str
+    path: str
+    median_s: float
+    items_per_s: float
+    peak_rss_bytes: int
+    repeats: int = 1
+    items: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def time_median(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def hardware() -> dict[str, Any]:
+    """CPU, cores, GPU and library versions, plus the git commit when run from a checkout."""
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    info["torch"] = torch.__version__
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    for mod in ("triton", "nvidia.dali", "numpy"):
+        try:
+            info[mod.split(".")[-1]] = importlib.import_module(mod).__version__
+        except Exception:  # noqa: BLE001 - an optional library that fails to import is reported as absent
+            info[mod.split(".")[-1]] = None
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    info["python"] = platform.python_version()
+    return info
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table: each case's rows, with the speed-up over the case's reference row (items/s ratio) on every
+    other path (fast, and variants such as the pipeline's fast-uint8)."""
+    ref = {(r.suite, r.case): r for r in rows if r.path == "reference"}
+    lines = [
+        "| suite | case | path | median (s) | items/s | peak RSS (MiB) | speed-up |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = ref.get((r.suite, r.case))
+        speed = ""
+        if base is not None and r is not base and r.items_per_s > 0 and base.items_per_s > 0:
+            speed = f"{r.items_per_s / base.items_per_s:.1f}x"
+        lines.append(
+            f"| {r.suite} | {r.case} | {r.path} | {r.median_s:.4f} | {r.items_per_s:,.1f} | "
+            f"{r.peak_rss_bytes / 2**20:,.0f} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` as indented JSON, atomically (a temporary file, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
