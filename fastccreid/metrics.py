@@ -1,10 +1,11 @@
 """Drop-in ReID evaluator: exact CMC / mAP / mINP for every protocol, from a distance matrix or from features.
 
-The numbers are those of the seed's numpy-argsort-and-loop evaluation (SPEC §4) with ties broken by gallery index
-(a stable sort), computed by ``fastccreid.kernels.rank_stats``: per query only the true matches are sorted, so memory
-stays O(chunk·G + Q·R) and nothing Q×G is ever held. Differences from the seed and peers (SPEC §7): a query whose
-valid gallery is shorter than ``max_rank`` gets CMC 1 from its first match onwards (no ragged-array crash, no stale
-values), PRCC skips queries without a match instead of producing NaN.
+The numbers are those of the seed's numpy-argsort-and-loop evaluation (README, Evaluator) with ties broken by
+gallery index (a stable sort), computed by ``fastccreid.evaluation`` with the rank ops of
+``fastccreid.kernels.rank_stats``: per query only the true matches are sorted, so memory stays O(chunk·G + Q·R) and
+nothing Q×G is ever held. Differences from the seed and peers (README, Differences from the official code): a query
+whose valid gallery is shorter than ``max_rank`` gets CMC 1 from its first match onwards (no ragged-array crash, no
+stale values), PRCC skips queries without a match instead of producing NaN.
 
 Imports only numpy and torch: no torchvision, no DALI, and Triton only when a CUDA tensor takes the Triton path.
 """
@@ -67,34 +68,11 @@ class EvalResult:
         return head + "\n" + row
 
 
-def _to_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001 - report any unconvertible input as a TypeError naming it
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
-    if arr.dtype == object:
-        raise TypeError(f"{name} must be numeric, got an object array")
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
 def normalize_features(f: torch.Tensor) -> torch.Tensor:
     """The seed's ``f / (||f||_2 + 1e-12)`` per row, in fp32: [N, D]."""
     from fastccreid.kernels.seed_distance import seed_normalize
 
     return seed_normalize(f)
-
-
-def _labels(x, name: str, n: int) -> torch.Tensor:
-    t = _to_tensor(x, name)
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.numel() != n:
-        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got {t.dtype}")
-    return t.to(torch.int64)
 
 
 def evaluate(
@@ -121,7 +99,7 @@ def evaluate(
     chunk_size: int | None = None,
     backend: str = "auto",
 ) -> EvalResult:
-    """CMC / mAP / mINP of a query set against a gallery under ``protocol`` (SPEC §4).
+    """CMC / mAP / mINP of a query set against a gallery under ``protocol`` (README, Evaluator).
 
     Give either ``distmat`` [Q, G] (smaller is closer) or features ``qf`` [Q, D] and ``gf`` [G, D]; with features the
     distance is the seed's squared euclidean of L2-normalised features (``normalize=False`` keeps them raw).
@@ -131,56 +109,19 @@ def evaluate(
     global RNG exactly as torchreid does, an int seeds a private RandomState). Inputs: numpy or torch, any device.
     """
     from fastccreid.evaluation import rank_stats
-    from fastccreid.kernels.checks import all_finite
+    from fastccreid.kernels.checks import as_tensor, check_eval_inputs, require_finite
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if not isinstance(max_rank, (int, np.integer)) or isinstance(max_rank, bool) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    inp = check_eval_inputs(distmat, qf, gf, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids,
+                            q_clothes=q_clothes, g_clothes=g_clothes, protocol=protocol, protocols=PROTOCOLS,
+                            junk_of=_JUNK, precision=precision, precisions=PRECISIONS, max_rank=max_rank)
     junk = _JUNK[protocol]
-    if (distmat is None) == (qf is None or gf is None):
-        raise ValueError("give either distmat or both qf and gf (features), not both and not neither")
-    if distmat is not None:
-        dm = _to_tensor(distmat, "distmat")
-        if dm.dim() != 2:
-            raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dm.shape)}")
-        if not dm.is_floating_point():
-            dm = dm.to(torch.float64)
-        nq, ng = dm.shape
-    else:
-        q = _to_tensor(qf, "qf")
-        g = _to_tensor(gf, "gf")
-        for name, t in (("qf", q), ("gf", g)):
-            if t.dim() != 2:
-                raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
-            if not t.is_floating_point():
-                raise TypeError(f"{name} must be floating point, got {t.dtype}")
-        if q.shape[1] != g.shape[1]:
-            raise ValueError(f"qf and gf feature dims differ: {q.shape[1]} vs {g.shape[1]}")
-        nq, ng = q.shape[0], g.shape[0]
-    if nq == 0:
-        raise ValueError("the query set is empty")
-    if ng == 0:
-        raise ValueError("the gallery is empty")
-    device = dm.device if distmat is not None else q.device
-    qp = _labels(q_pids, "q_pids", nq).to(device)
-    gp = _labels(g_pids, "g_pids", ng).to(device)
-    needs_cam = junk is not None
-    if needs_cam and (q_camids is None or g_camids is None):
-        raise ValueError(f"protocol {protocol!r} needs q_camids and g_camids")
-    qc = _labels(q_camids, "q_camids", nq).to(device) if q_camids is not None else None
-    gc = _labels(g_camids, "g_camids", ng).to(device) if g_camids is not None else None
-    if junk == "ltcc-cc" and (q_clothes is None or g_clothes is None):
-        raise ValueError("protocol 'ltcc-cc' needs q_clothes and g_clothes")
-    qcl = _labels(q_clothes, "q_clothes", nq).to(device) if q_clothes is not None else None
-    gcl = _labels(g_clothes, "g_clothes", ng).to(device) if g_clothes is not None else None
+    dm, q, g, nq, ng = inp.dm, inp.q, inp.g, inp.nq, inp.ng
+    qp, gp, qc, gc, qcl, gcl = inp.qp, inp.gp, inp.qc, inp.gc, inp.qcl, inp.gcl
 
     if distmat is None:
         if rerank or protocol == "cuhk03":
-            if not (all_finite(q) and all_finite(g)):  # (rank_stats checks the features it is given itself)
-                raise ValueError("features contain NaN or Inf")
+            require_finite(q)  # (rank_stats checks the features it is given itself)
+            require_finite(g)
             q = normalize_features(q) if normalize else q.to(torch.float32)
             g = normalize_features(g) if normalize else g.to(torch.float32)
     if rerank:
@@ -192,7 +133,7 @@ def evaluate(
             raise ValueError("rerank=True needs features (qf, gf): k-reciprocal re-ranking also uses the "
                              "query-query and gallery-gallery distances; call fastccreid.rerank.re_ranking "
                              "with q_g, q_q and g_g distance matrices instead")
-        dm = _to_tensor(dm, "reranked distmat")
+        dm = as_tensor(dm, "reranked distmat")
 
     kwargs = dict(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl, junk=junk,
                   chunk_size=chunk_size, backend=backend)

@@ -220,3 +220,105 @@ def check_rank_inputs(q, g, metric: str, metrics, *, junk, q_pids=None, g_pids=N
         labels = check_protocol_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng,
                                        device)
     return RankInputs(dm, q, g, labels, nq, ng, device)
+
+
+def check_pairwise_inputs(x, y, metric: str, metrics) -> torch.Tensor:
+    """The checks of ``pairwise_distance``: metric, x [M, D] (and y [N, D] unless None: then y is x), same
+    column count and device. Returns y (x when y is None). NaN / Inf are found later, from the row norms."""
+    check_choice(metric, "metric", metrics)
+    check_features(x, "x", finite=False)
+    if y is None:
+        return x
+    check_features(y, "y", finite=False)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same number of columns, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    return y
+
+
+def check_margin(margin) -> float | None:
+    """A finite float margin, or None (soft margin)."""
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite float or None (soft margin), got {margin!r}")
+    return float(margin)
+
+
+def check_triplet_inputs(features, labels) -> torch.Tensor:
+    """The checks of the triplet ops: features [B, D] float (NaN / Inf are checked by the kernel that runs) and
+    labels [B] integers; returns the labels as int64 on the features' device."""
+    check_features(features, "features", finite=False)
+    return check_labels(labels, "labels", features.shape[0], features.device, per="feature row")
+
+
+def check_positive_int(value, name: str) -> int:
+    """A positive int (not a bool)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class EvalInputs:
+    """Checked inputs of ``fastccreid.metrics.evaluate``: ``dm`` [Q, G] or features ``q`` [Q, D] / ``g`` [G, D],
+    and int64 labels on their device (camera / clothes labels None when not given)."""
+
+    dm: torch.Tensor | None
+    q: torch.Tensor | None
+    g: torch.Tensor | None
+    qp: torch.Tensor
+    gp: torch.Tensor
+    qc: torch.Tensor | None
+    gc: torch.Tensor | None
+    qcl: torch.Tensor | None
+    gcl: torch.Tensor | None
+    nq: int
+    ng: int
+
+
+def check_eval_inputs(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, protocol: str,
+                      protocols, junk_of: dict, precision: str, precisions, max_rank) -> EvalInputs:
+    """The checks of ``fastccreid.metrics.evaluate``: protocol and precision choices, max_rank, a distance
+    matrix or both feature sets (2-D, floating, equal D), non-empty sets, and the labels the protocol needs."""
+    check_choice(protocol, "protocol", protocols)
+    check_choice(precision, "precision", precisions)
+    check_positive_int(max_rank, "max_rank")
+    junk = junk_of[protocol]
+    if (distmat is None) == (qf is None or gf is None):
+        raise ValueError("give either distmat or both qf and gf (features), not both and not neither")
+    dm = q = g = None
+    if distmat is not None:
+        dm = as_tensor(distmat, "distmat")
+        if dm.dim() != 2:
+            raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dm.shape)}")
+        if not dm.is_floating_point():
+            dm = dm.to(torch.float64)
+        nq, ng = dm.shape
+        device = dm.device
+    else:
+        q, g = as_tensor(qf, "qf"), as_tensor(gf, "gf")
+        for name, t in (("qf", q), ("gf", g)):
+            if t.dim() != 2:
+                raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        check_pair_shapes(q, g, "qf", "gf")
+        nq, ng = q.shape[0], g.shape[0]
+        device = q.device
+    if nq == 0:
+        raise ValueError("the query set is empty")
+    if ng == 0:
+        raise ValueError("the gallery is empty")
+    qp = check_labels(q_pids, "q_pids", nq, device, per="query")
+    gp = check_labels(g_pids, "g_pids", ng, device, per="gallery item")
+    if junk is not None and (q_camids is None or g_camids is None):
+        raise ValueError(f"protocol {protocol!r} needs q_camids and g_camids")
+    qc = check_labels(q_camids, "q_camids", nq, device, per="query") if q_camids is not None else None
+    gc = check_labels(g_camids, "g_camids", ng, device, per="gallery item") if g_camids is not None else None
+    if junk == "ltcc-cc" and (q_clothes is None or g_clothes is None):
+        raise ValueError("protocol 'ltcc-cc' needs q_clothes and g_clothes")
+    qcl = check_labels(q_clothes, "q_clothes", nq, device, per="query") if q_clothes is not None else None
+    gcl = check_labels(g_clothes, "g_clothes", ng, device, per="gallery item") if g_clothes is not None else None
+    return EvalInputs(dm, q, g, qp, gp, qc, gc, qcl, gcl, nq, ng)

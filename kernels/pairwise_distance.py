@@ -9,40 +9,19 @@ when the Triton path runs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastccreid.kernels._backend import resolve_backend
+from fastccreid.kernels.checks import FLOAT_DTYPES, check_features, check_norms, check_pairwise_inputs
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 METRIC_CODES = {"sqeuclidean": 0, "euclidean": 1, "cosine": 2}
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SQ_FLOOR = 1e-12  # the seed's clamp of the squared distance before sqrt
 NORM_EPS = 1e-12  # cosine: row norms clamped here (as F.normalize)
 
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
-
-
-def check_features(x, name: str, *, finite: bool = True) -> torch.Tensor:
-    """Validate a [N, D] float feature matrix (N, D > 0, finite); raise ValueError/TypeError naming ``name``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(x.shape)}")
-    # data-dependent check, skipped while torch.compile traces (it would break the graph). aminmax is one
-    # reduction pass without a [N, D] temporary (NaN propagates into it, Inf shows as an extreme)
-    if finite and not _is_compiling():
-        lo, hi = torch.aminmax(x)
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or Inf")
-    return x
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -73,13 +52,6 @@ def gram(xf: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_norms(sq: torch.Tensor, name: str) -> None:
-    # a NaN / Inf feature makes its squared norm NaN / Inf: checking [N] norms replaces a pass over [N, D]
-    # amax propagates NaN: one reduction and one host read instead of isfinite + all + read
-    if not _is_compiling() and not math.isfinite(float(sq.amax())):
-        raise ValueError(f"{name} contains NaN or Inf (or values whose squares overflow)")
-
-
 def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: bool = False) -> torch.Tensor:
     """The vectorised CPU twin (no autograd): the seed's addmm form, one [M, N] buffer updated in place.
 
@@ -93,8 +65,8 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
         nx = xf.norm(dim=1, keepdim=True)
         ny = nx if y is x else yf.norm(dim=1, keepdim=True)
         if check_finite:
-            _check_norms(nx, "x")
-            _check_norms(ny, "y")
+            check_norms(nx, "x")
+            check_norms(ny, "y")
         xn = xf / nx.clamp(min=NORM_EPS)
         yn = xn if y is x else yf / ny.clamp(min=NORM_EPS)
         return torch.addmm(torch.ones((), dtype=dt, device=x.device), xn, yn.t(), beta=1, alpha=-1)
@@ -102,14 +74,14 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
         d = gram(xf)
         xx = d.diagonal().clone()
         if check_finite:
-            _check_norms(xx, "x")
+            check_norms(xx, "x")
         d = (xx[:, None] + xx[None, :]).add_(d, alpha=-2.0)  # the seed's order: norms first, then -2 x·y
     else:
         xx = (xf * xf).sum(1)
         yy = (yf * yf).sum(1)
         if check_finite:
-            _check_norms(xx, "x")
-            _check_norms(yy, "y")
+            check_norms(xx, "x")
+            check_norms(yy, "y")
         d = (xx[:, None] + yy[None, :]).addmm_(xf, yf.t(), beta=1, alpha=-2)
     if metric == "euclidean":
         d = d.clamp_(min=SQ_FLOOR).sqrt_()
@@ -182,17 +154,7 @@ def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto
     ``backend``: auto | triton | torch (see ``fastccreid.kernels._backend``). fp64 input always takes the torch
     path. Differentiable w.r.t. x and y on every path.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    check_features(x, "x", finite=False)
-    if y is None:
-        y = x
-    else:
-        check_features(y, "y", finite=False)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same number of columns, got x {tuple(x.shape)} and y {tuple(y.shape)}")
-    if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    y = check_pairwise_inputs(x, y, metric, METRICS)
     chosen = resolve_backend(backend, x, y)
     if chosen == "triton" and x.dtype != torch.float64 and y.dtype != torch.float64:
         check_features(x, "x")
@@ -206,3 +168,7 @@ def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         return PairwiseDistanceFunction.apply(x, y, metric)
     return distance_torch(x, y, metric, check_finite=True)  # no graph wanted: skip the autograd node
+
+
+__all__ = ["FLOAT_DTYPES", "METRICS", "check_features", "distance_backward", "distance_torch", "gram",
+           "pairwise_distance"]

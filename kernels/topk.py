@@ -12,7 +12,7 @@ import math
 import torch
 
 from fastccreid.kernels._backend import resolve_backend
-from fastccreid.kernels.checks import JUNK_RULES, all_finite, as_float, check_protocol_labels
+from fastccreid.kernels.checks import JUNK_CODES, check_positive_int, check_rank_inputs
 from fastccreid.kernels.seed_distance import chunk_distance, chunk_rows, gallery_cache
 
 TOPK_METRICS = ("sqeuclidean", "euclidean", "cosine", "precomputed")
@@ -56,41 +56,15 @@ def topk_ranking(
     ``metric="precomputed"`` with ``q`` a distance matrix [Q, G] and ``g`` None. ``junk`` None | "market" |
     "ltcc-cc" needs the pid / camera (/ clothes) labels and leaves those items out.
     """
-    if metric not in TOPK_METRICS:
-        raise ValueError(f"metric must be one of {TOPK_METRICS}, got {metric!r}")
-    if junk not in JUNK_RULES:
-        raise ValueError(f"junk must be one of {JUNK_RULES}, got {junk!r}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if metric == "precomputed":
-        if g is not None:
-            raise ValueError("with metric='precomputed' pass the distance matrix as q and leave g None")
-        dm = as_float(q, "distmat")
-        if dm.dim() != 2:
-            raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dm.shape)}")
-        if bool(torch.isnan(dm).any()):
-            raise ValueError("distmat contains NaN")
-        nq, ng = dm.shape
-        tensors = (dm,)
-    else:
-        if g is None:
-            raise ValueError("g (gallery features) is required unless metric='precomputed'")
-        q, g = as_float(q, "q"), as_float(g, "g")
-        if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
-            raise ValueError(f"q [Q, D] and g [G, D] must be 2-D with equal D, got {tuple(q.shape)}, {tuple(g.shape)}")
-        if not (all_finite(q) and all_finite(g)):
-            raise ValueError("features contain NaN or Inf")
-        nq, ng = q.shape[0], g.shape[0]
-        tensors = (q, g)
-    if nq == 0 or ng == 0:
-        raise ValueError(f"need at least one query and one gallery item, got {nq} and {ng}")
-    device = tensors[0].device
-    labels = None
-    if junk is not None:
-        labels = check_protocol_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng, device)
+    inp = check_rank_inputs(q, g, metric, TOPK_METRICS, junk=junk, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
+                            g_camids=g_camids, q_clothes=q_clothes, g_clothes=g_clothes, labels_required=False,
+                            allow_inf=True, finite_features=True)
+    check_positive_int(k, "k")
+    dm, q, g, nq, ng, device, labels = inp.dm, inp.q, inp.g, inp.nq, inp.ng, inp.device, inp.labels
+    tensors = (dm,) if metric == "precomputed" else (q, g)
     if resolve_backend(backend, *tensors) == "triton" and metric == "sqeuclidean":
         if q.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
-            from fastccreid.kernels._topk_triton import JUNK_CODES, topk_op
+            from fastccreid.kernels._topk_triton import topk_op
 
             dummy = torch.zeros(1, dtype=torch.int64, device=device)
             lab = [dummy if t is None else t for t in (labels or (None,) * 6)]

@@ -3,8 +3,9 @@
 Per anchor i: the hardest positive (largest distance over samples with the same label, the anchor itself included,
 as the seed's mask does) and the hardest negative (smallest distance over other labels); ties go to the lowest index
 (as torch.max / torch.min in the seed). Distances are ``sqrt(clamp(|a|^2 + |b|^2 - 2 a·b, 1e-12))`` in fp32 even for
-fp16 / bf16 features (SPEC §7). The backward sends gradient only through the 2 chosen pairs of each anchor:
-``d = |a - b|`` gives ``(a - b) / d`` on a and its opposite on b, zero where the clamp held the distance at its floor.
+fp16 / bf16 features (README, Differences from the official code). The backward sends gradient only through the 2
+chosen pairs of each anchor: ``d = |a - b|`` gives ``(a - b) / d`` on a and its opposite on b, zero where the clamp
+held the distance at its floor.
 Mining is done without autograd over the [B, B] matrix, which is where the seed spends its time.
 
 Kernels: Triton (CUDA, or CPU under TRITON_INTERPRET=1); the torch twin (``mine_torch`` / ``mining_backward``:
@@ -30,22 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastccreid.kernels import checks as _checks
 from fastccreid.kernels._backend import resolve_backend
-from fastccreid.kernels.pairwise_distance import SQ_FLOOR, check_features, gram
+from fastccreid.kernels.checks import check_features, check_margin, check_triplet_inputs
+from fastccreid.kernels.pairwise_distance import SQ_FLOOR, gram
 
 
 def check_labels(labels, n: int, device: torch.device) -> torch.Tensor:
     """Validate labels (1-D integers of length n: tensor, array or sequence); return them as int64 on ``device``."""
-    if not isinstance(labels, torch.Tensor):
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"labels must be a 1-D tensor or array of integers, got {type(labels).__name__}") from exc
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must hold integers (int64, int32, ...), got dtype {labels.dtype}")
-    if labels.dim() != 1 or labels.numel() != n:
-        raise ValueError(f"labels must be 1-D with one entry per feature row ({n}), got shape {tuple(labels.shape)}")
-    return labels.to(device=device, dtype=torch.int64)
+    return _checks.check_labels(labels, "labels", n, device, per="feature row")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -145,9 +139,9 @@ def _loss_and_slope(d_ap, d_an, n_same, margin: float | None):
 
 
 # The host twin: on CPU tensors the [B, B] masks and the matmul stay in torch, while the arg-reductions and the
-# [B]-vector bookkeeping run in NumPy on shared (uncopied) arrays: NumPy's SIMD argmin / argmax is ~6x torch's at
-# B = 256 and a NumPy call on a [B] vector costs ~1 us against torch's ~4 us. Same arithmetic as the torch twin (the
-# tests compare them), in the compute dtype (NumPy 2 keeps float32 with Python scalars).
+# [B]-vector bookkeeping run in NumPy on shared (uncopied) arrays: NumPy's SIMD argmin / argmax and its per-call
+# overhead on [B] vectors are several times smaller than torch's (README, Performance). Same arithmetic as the torch
+# twin (the tests compare them), in the compute dtype (NumPy 2 keeps float32 with Python scalars).
 
 
 def _run_length(labels: np.ndarray) -> int:
@@ -297,8 +291,7 @@ class BatchHardTripletLossFunction(torch.autograd.Function):
 def _prepare(features, labels, backend: str, validate: bool) -> tuple[torch.Tensor, str]:
     """Check inputs; return int64 labels and the kernel: "triton", "torch", or "host" (the torch backend on CPU
     tensors outside torch.compile tracing). fp64 features take the torch / host path."""
-    check_features(features, "features", finite=False)
-    labels = check_labels(labels, features.shape[0], features.device)
+    labels = check_triplet_inputs(features, labels)
     chosen = resolve_backend(backend, features)
     kernel = "triton" if chosen == "triton" and features.dtype != torch.float64 else "torch"
     if kernel == "torch" and features.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -332,10 +325,7 @@ def batch_hard_triplet_loss(features, labels, margin: float | None = 0.3, backen
     mean(log(1 + exp(d_ap - d_an))) (SoftMarginLoss, y = 1). The mean runs over valid anchors only (another sample
     of the same label and at least one of another label); 0 with a zero gradient when there is none.
     """
-    if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            raise ValueError(f"margin must be a finite float or None (soft margin), got {margin!r}")
-        margin = float(margin)
+    margin = check_margin(margin)
     labels, kernel = _prepare(features, labels, backend, validate)
     if kernel == "triton" and features.is_cuda:
         # the registered op keeps the Triton kernel visible to torch.compile; the loss is a few [B] ops around it

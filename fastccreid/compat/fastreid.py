@@ -3,8 +3,9 @@
 Swap ``from fastreid.evaluation.rank import evaluate_rank`` for ``from fastccreid.compat.fastreid import
 evaluate_rank``: same arguments, same return ``(cmc float32 [max_rank], all_AP, all_INP)`` over the valid queries
 (float32 arrays as its Cython path returns; ``use_cython=False`` gives lists of floats as its Python path).
-Differences (SPEC §7): ties broken by gallery index, and CMC 1 from the first match onwards for a query whose valid
-gallery is shorter than max_rank (fast-reid's Python loop crashes there, its Cython copies stale values).
+Differences (README, Differences from the official code): ties broken by gallery index, and CMC 1 from the first
+match onwards for a query whose valid gallery is shorter than max_rank (fast-reid's Python loop crashes there, its
+Cython copies stale values).
 """
 
 from __future__ import annotations

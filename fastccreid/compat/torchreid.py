@@ -1,9 +1,10 @@
 """torchreid's ``evaluate_rank`` call form (torchreid/metrics/rank.py), computed by ``fastccreid.metrics``.
 
 Swap ``from torchreid.metrics import evaluate_rank`` for ``from fastccreid.compat.torchreid import evaluate_rank``:
-same arguments, same return ``(all_cmc float32 [max_rank], mAP)``. Differences (SPEC §7): ties are broken by gallery
-index; a query whose valid gallery (or, for CUHK03, its set of identities) is shorter than max_rank gets CMC 1 from
-its first match onwards, where torchreid's Python loop crashes on a ragged array and its Cython copies stale values.
+same arguments, same return ``(all_cmc float32 [max_rank], mAP)``. Differences (README, Differences from the
+official code): ties are broken by gallery index; a query whose valid gallery (or, for CUHK03, its set of
+identities) is shorter than max_rank gets CMC 1 from its first match onwards, where torchreid's Python loop crashes
+on a ragged array and its Cython copies stale values.
 """
 
 from __future__ import annotations
