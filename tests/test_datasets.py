@@ -232,6 +232,54 @@ def test_vcclothes(trees):
     assert len({r.clothes_id for r in ds.query + ds.gallery}) == 8
 
 
+# --- Hidden files. -------------------------------------------------------------------------------------------------
+
+_APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # what macOS writes into ._<name> files
+
+
+def _sprinkle_hidden(root: str) -> int:
+    """What copying a tree through macOS leaves: ``._<name>`` beside every file and folder and a ``.DS_Store`` in
+    every folder, plus hidden folders holding real images or a copy of a sibling folder. Returns the number of
+    hidden entries added."""
+    added = 0
+    for folder, dirs, files in list(os.walk(root)):
+        for name in dirs + files:
+            with open(os.path.join(folder, "._" + name), "wb") as f:
+                f.write(_APPLEDOUBLE)
+            added += 1
+        with open(os.path.join(folder, ".DS_Store"), "wb") as f:
+            f.write(b"\x00\x00\x00\x01Bud1")
+        images = [n for n in files if n.endswith((".png", ".jpg"))]
+        if images:  # a hidden folder beside the images, with one of them inside
+            os.makedirs(os.path.join(folder, ".ipynb_checkpoints"))
+            shutil.copy(os.path.join(folder, images[0]), os.path.join(folder, ".ipynb_checkpoints", images[0]))
+            added += 1
+        if dirs:  # a hidden folder beside identity / split folders, as if it were one more of them
+            shutil.copytree(os.path.join(folder, dirs[0]), os.path.join(folder, "." + dirs[0]))
+            added += 1
+        added += 1
+    return added
+
+
+def _relative(ds, root: str) -> dict:
+    """Every field of a parsed dataset, with paths relative to ``root`` (so two copies of a tree compare)."""
+    out = {}
+    for key, value in vars(ds).items():
+        if isinstance(value, list):
+            value = [(os.path.relpath(r.path, root), r.pid, r.camid, r.clothes_id) for r in value]
+        out[key] = value if key != "root" else None
+    return out
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_hidden_files_are_ignored(name, trees, tmp_path):
+    """macOS's ``._<name>`` AppleDouble files, ``.DS_Store`` and hidden folders change nothing: the official
+    ``glob`` patterns never match names starting with "." (they used to be parsed as images, or failed)."""
+    root = _copy(trees[name], str(tmp_path / name))
+    assert _sprinkle_hidden(root) > 10
+    assert _relative(build_dataset(name, root), root) == _relative(build_dataset(name, trees[name]), trees[name])
+
+
 # --- Errors. -------------------------------------------------------------------------------------------------------
 
 

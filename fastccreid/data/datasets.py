@@ -1,9 +1,11 @@
 """Dataset parsers: one small function per on-disk layout, each returning a :class:`ReIDDataset`.
 
 Ids follow the public parsers (FIRe-CCReID for LTCC / PRCC / Celeb-reID / LaST / DeepChange, Simple-CCReID for
-VC-Clothes, torchreid for Market-1501 / MSMT17), with three deliberate fixes (SPEC §7): file lists are always
-sorted (the official Celeb-reID and PRCC parsers use unsorted globs), regexes run on the file name only (LTCC's
-official regexes run on the whole path), and Celeb-reID cameras are unique across query and gallery.
+VC-Clothes, torchreid for Market-1501 / MSMT17), with three deliberate fixes (README "Differences from the official
+code"): file lists are always sorted (the official Celeb-reID and PRCC parsers use unsorted globs), regexes run on
+the file name only (LTCC's official regexes run on the whole path), and Celeb-reID cameras are unique across query
+and gallery. Hidden entries (names starting with ".", as macOS's ``._*`` and ``.DS_Store``) are ignored, as the
+official ``glob`` patterns ignore them.
 """
 
 from __future__ import annotations
@@ -42,26 +44,33 @@ def _require_dir(name: str, path: str) -> str:
     return path
 
 
+def _hidden(entry: str) -> bool:
+    """A hidden directory entry (``.DS_Store``, macOS's ``._<name>`` resource forks, ``.ipynb_checkpoints``)."""
+    return entry.startswith(".")
+
+
 def _files(name: str, folder: str, ext: str) -> list[str]:
-    """Sorted paths of ``*ext`` files directly in ``folder``; an empty split is an error."""
+    """Sorted paths of ``*ext`` files directly in ``folder``, hidden ones (``._x.png``) left out as glob's ``*``
+    leaves them; an empty split is an error."""
     _require_dir(name, folder)
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(ext))
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(ext) and not _hidden(f))
     if not paths:
         raise _layout_error(name, folder, f"no *{ext} images in split")
     return paths
 
 
 def _subdirs(name: str, folder: str) -> list[str]:
-    """Sorted sub-folder names of ``folder``; an empty split is an error."""
+    """Sorted sub-folder names of ``folder`` (hidden ones left out); an empty split is an error."""
     _require_dir(name, folder)
-    dirs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    dirs = sorted(d for d in os.listdir(folder) if not _hidden(d) and os.path.isdir(os.path.join(folder, d)))
     if not dirs:
         raise _layout_error(name, folder, "no identity folders in split")
     return dirs
 
 
 def _match(name: str, pattern: re.Pattern[str], path: str) -> re.Match[str]:
-    """``pattern.search`` on the file name only (never on parent folders, SPEC §7)."""
+    """``pattern.search`` on the file name only (never on parent folders; README "Differences from the official
+    code")."""
     m = pattern.search(os.path.basename(path))
     if m is None:
         raise _layout_error(name, path, f"file name does not match {pattern.pattern!r}")
@@ -170,8 +179,9 @@ def parse_celeb(root: str) -> ReIDDataset:
     """Celeb-reID: ``ROOT/{train,query,gallery}/*.jpg`` named ``<pid>_<n>_<x>.jpg``; pid from ``([-\\d]+)_(\\d)``.
 
     Train pids relabelled (sorted). Every image is its own camera: train 0..N-1; query 0..Q-1 and gallery Q..Q+G-1
-    over sorted files (SPEC §7 fix: the official counter restarts per split, so query i and gallery i could share a
-    camera). No clothes labels exist: clothes_id = pid (as FIRe's LaST parser does for unlabelled splits).
+    over sorted files (a fix, README "Differences from the official code": the official counter restarts per split,
+    so query i and gallery i could share a camera). No clothes labels exist: clothes_id = pid (as FIRe's LaST parser
+    does for unlabelled splits).
     """
     name = "celeb"
     _require_dir(name, root)
