@@ -10,10 +10,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-DATASETS = ("ltcc", "prcc", "celeb", "market1501", "msmt17", "deepchange", "last", "vcclothes")
+from fastccreid.bench import SUITES
+from fastccreid.data.datasets import DATASET_NAMES
+from fastccreid.engine.config import (
+    AMP_CHOICES,
+    BACKEND_CHOICES,
+    LOADER_CHOICES,
+    LOADER_OUTPUT_CHOICES,
+    WARM_UP_METHODS,
+    TrainConfig,
+)
+
 PROTOCOLS = ("market", "ltcc-general", "ltcc-cc", "prcc", "celeb", "cuhk03")
-SYNTH_LAYOUTS = DATASETS
-BENCH_SUITES = ("kernels", "eval", "pipeline", "train", "all")
+BENCH_SUITES = (*SUITES, "all")
+_D = TrainConfig()  # every train/eval flag's default comes from the config record
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,44 +39,51 @@ def _size(text: str) -> tuple[int, int]:
 def add_seed_arguments(p: argparse.ArgumentParser) -> None:
     """The seed's utils/arguments.py flags, unchanged (names, defaults, meanings)."""
     g = p.add_argument_group("data (seed flags)")
-    g.add_argument("-d", "--dataset", type=str, default="ltcc", choices=DATASETS)
-    g.add_argument("--dataset_root", type=str, default="data", help="root path to data directory")
-    g.add_argument("--dataset_filename", type=str, default="LTCC-reID", help="dataset folder under --dataset_root")
-    g.add_argument("--height", type=int, default=384, help="height of an image")
-    g.add_argument("--width", type=int, default=192, help="width of an image")
-    g.add_argument("--horizontal_flip_pro", type=float, default=0.5, help="probability of a horizontal flip")
-    g.add_argument("--pad_size", type=int, default=10, help="zero padding before the random crop")
-    g.add_argument("--random_erasing_pro", type=float, default=0.5, help="probability of random erasing")
-    g.add_argument("--split_id", type=int, default=0, help="split index (kept for seed compatibility)")
-    g.add_argument("--train_batch", default=32, type=int, help="train batch size (P x K)")
-    g.add_argument("--test_batch", default=128, type=int, help="test batch size")
-    g.add_argument("-j", "--num_workers", default=8, type=int, help="number of data loading workers")
-    g.add_argument("--num_instances", type=int, default=8, help="number of instances per identity (K)")
+    g.add_argument("-d", "--dataset", type=str, default=_D.dataset, choices=DATASET_NAMES)
+    g.add_argument("--dataset_root", type=str, default=_D.dataset_root, help="root path to data directory")
+    g.add_argument("--dataset_filename", type=str, default=_D.dataset_filename,
+                   help="dataset folder under --dataset_root")
+    g.add_argument("--height", type=int, default=_D.height, help="height of an image")
+    g.add_argument("--width", type=int, default=_D.width, help="width of an image")
+    g.add_argument("--horizontal_flip_pro", type=float, default=_D.horizontal_flip_pro,
+                   help="probability of a horizontal flip")
+    g.add_argument("--pad_size", type=int, default=_D.pad_size, help="zero padding before the random crop")
+    g.add_argument("--random_erasing_pro", type=float, default=_D.random_erasing_pro,
+                   help="probability of random erasing")
+    g.add_argument("--split_id", type=int, default=_D.split_id, help="split index (kept for seed compatibility)")
+    g.add_argument("--train_batch", default=_D.train_batch, type=int, help="train batch size (P x K)")
+    g.add_argument("--test_batch", default=_D.test_batch, type=int, help="test batch size")
+    g.add_argument("-j", "--num_workers", default=_D.num_workers, type=int, help="number of data loading workers")
+    g.add_argument("--num_instances", type=int, default=_D.num_instances, help="number of instances per identity (K)")
 
     g = p.add_argument_group("optimisation (seed flags)")
-    g.add_argument("--start_epoch", default=0, type=int, help="manual epoch number (useful on restarts)")
-    g.add_argument("--max_epoch", default=120, type=int, help="maximum epochs to run")
-    g.add_argument("--margin", type=_margin, default=0.3, help="triplet margin; 'none' for the soft margin")
-    g.add_argument("--lr", default=0.0003, type=float, help="initial learning rate")
-    g.add_argument("--warm_up_factor", default=0.1, type=float, help="warm-up start factor")
-    g.add_argument("--warm_up_method", default="linear", type=str, choices=["constant", "linear"])
-    g.add_argument("--warm_up_epochs", default=10, type=int, help="epochs of warm-up")
-    g.add_argument("--step_milestones", default=[30, 60], nargs="*", type=int, help="epochs where lr decays")
-    g.add_argument("--gamma", default=0.1, type=float, help="learning rate decay")
-    g.add_argument("--weight_decay", default=5e-04, type=float, help="weight decay")
-    g.add_argument("--weight_decay_bias", default=0.0005, type=float, help="kept for seed compatibility (unused)")
-    g.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to resume or evaluate")
+    g.add_argument("--start_epoch", default=_D.start_epoch, type=int, help="manual epoch number (useful on restarts)")
+    g.add_argument("--max_epoch", default=_D.max_epoch, type=int, help="maximum epochs to run")
+    g.add_argument("--margin", type=_margin, default=_D.margin, help="triplet margin; 'none' for the soft margin")
+    g.add_argument("--lr", default=_D.lr, type=float, help="initial learning rate")
+    g.add_argument("--warm_up_factor", default=_D.warm_up_factor, type=float, help="warm-up start factor")
+    g.add_argument("--warm_up_method", default=_D.warm_up_method, type=str, choices=WARM_UP_METHODS)
+    g.add_argument("--warm_up_epochs", default=_D.warm_up_epochs, type=int, help="epochs of warm-up")
+    g.add_argument("--step_milestones", default=_D.step_milestones, nargs="*", type=int, help="epochs where lr decays")
+    g.add_argument("--gamma", default=_D.gamma, type=float, help="learning rate decay")
+    g.add_argument("--weight_decay", default=_D.weight_decay, type=float, help="weight decay")
+    g.add_argument("--weight_decay_bias", default=_D.weight_decay_bias, type=float,
+                   help="kept for seed compatibility (unused)")
+    g.add_argument("--resume", type=str, default=_D.resume, metavar="PATH", help="checkpoint to resume or evaluate")
     g.add_argument("--use_cpu", action="store_true", help="use cpu")
-    g.add_argument("--gpu_devices", default="0", type=str, help="gpu device ids for CUDA_VISIBLE_DEVICES")
-    g.add_argument("--seed", type=int, default=666, help="manual seed")
+    g.add_argument("--gpu_devices", default=_D.gpu_devices, type=str, help="gpu device ids for CUDA_VISIBLE_DEVICES")
+    g.add_argument("--seed", type=int, default=_D.seed, help="manual seed")
     g.add_argument("--evaluate", action="store_true", help="evaluation only")
-    g.add_argument("--print_train_info_epoch_freq", type=int, default=5, help="print train info every N epochs")
-    g.add_argument("--start_eval_epoch", type=int, default=0, help="evaluate only after this epoch")
-    g.add_argument("--eval_epoch", type=int, default=5, help="evaluate every N epochs (-1: only at the end)")
+    g.add_argument("--print_train_info_epoch_freq", type=int, default=_D.print_train_info_epoch_freq,
+                   help="print train info every N epochs")
+    g.add_argument("--start_eval_epoch", type=int, default=_D.start_eval_epoch, help="evaluate only after this epoch")
+    g.add_argument("--eval_epoch", type=int, default=_D.eval_epoch,
+                   help="evaluate every N epochs (-1: only at the end)")
     g.add_argument("--reranking", action="store_true", help="k-reciprocal re-ranking at evaluation")
-    g.add_argument("--save_dir", type=str, default="log")
+    g.add_argument("--save_dir", type=str, default=_D.save_dir)
     g.add_argument("--save_checkpoint", action="store_true", help="save model checkpoints")
-    g.add_argument("--tri_start_epoch", type=int, default=35, help="epoch after which the triplet loss is used")
+    g.add_argument("--tri_start_epoch", type=int, default=_D.tri_start_epoch,
+                   help="epoch after which the triplet loss is used")
 
 
 def _margin(text: str) -> float | None:
@@ -81,32 +98,39 @@ def _margin(text: str) -> float | None:
 def add_fast_arguments(p: argparse.ArgumentParser) -> None:
     """fastccreid's own training/evaluation flags (on top of the seed's)."""
     g = p.add_argument_group("fastccreid")
-    g.add_argument("--pretrained", default="imagenet", metavar="{imagenet,none,PATH}",
+    g.add_argument("--pretrained", default=_D.pretrained, metavar="{imagenet,none,PATH}",
                    help="backbone weights: torchvision ImageNet (cache/download), none, or a local file")
-    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    g.add_argument("--amp", default=_D.amp, choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 where supported (this CPU included), fp16+GradScaler else")
-    g.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=_D.compile,
                    help="torch.compile the model (default: on for CUDA, off on CPU unless it measurably wins)")
-    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=_D.channels_last,
                    help="channels_last memory format for the model and inputs")
-    g.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
+    g.add_argument("--loader", default=_D.loader, choices=LOADER_CHOICES,
                    help="input pipeline: DALI when it imports (auto), or the torchvision DataLoader")
-    g.add_argument("--loader_output", default="auto", choices=["auto", "float", "uint8"],
+    g.add_argument("--loader_output", default=_D.loader_output, choices=LOADER_OUTPUT_CHOICES,
                    help="what the loader hands the model: normalised float batches (the loader does the float work) or "
                         "uint8 batches normalised on the model's device; auto = float on CPU, uint8 on GPU")
-    g.add_argument("--dali_py_workers", type=int, default=0,
+    g.add_argument("--dali_py_workers", type=int, default=_D.dali_py_workers,
                    help="DALI training loader: read files and draw augmentation in this many spawned processes "
                         "(DALI's parallel external_source; helps when file reads are slow); 0 = in the main thread")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="warn about and skip unreadable images instead of stopping")
-    g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
+    g.add_argument("--backend", default=_D.backend, choices=BACKEND_CHOICES,
                    help="kernel backend (also FASTCCREID_BACKEND)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
-    g.add_argument("--save_features", default="", metavar="FILE",
+    g.add_argument("--save_features", default=_D.save_features, metavar="FILE",
                    help="with --evaluate/eval: write query and gallery features (eval-features .npz format)")
-    g.add_argument("--max_steps_per_epoch", type=int, default=0,
+    g.add_argument("--max_steps_per_epoch", type=int, default=_D.max_steps_per_epoch,
                    help="cap the batches per epoch (0: the whole epoch); for quick runs and tests")
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--nproc", type=int, default=_D.nproc,
+                   help="processes to start (DDP; gloo with --use_cpu): default one per --gpu_devices entry on CUDA, "
+                        "one on CPU; ignored under torchrun")
+    g.add_argument("--eval_amp", action="store_true",
+                   help="compute evaluation features under --amp too (default: fp32, the official numbers)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=_D.deterministic,
+                   help="cuDNN deterministic=True, benchmark=False as the seed (default: on for eval, off for train)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout",
                        description="Procedural people: identity cues persist across outfits, clothes change, "
                                    "cameras change background and lighting. Deterministic for a seed.")
-    p.add_argument("--layout", required=True, choices=SYNTH_LAYOUTS)
+    p.add_argument("--layout", required=True, choices=DATASET_NAMES)
     p.add_argument("--root", required=True, help="folder to write the dataset into")
     p.add_argument("--ids", type=int, default=40, help="number of identities")
     p.add_argument("--seed", type=int, default=0)
@@ -172,15 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command
-    if cmd == "train":
+    if cmd in ("train", "eval"):
         from fastccreid.engine.trainer import run_train
 
-        return run_train(args)
-    if cmd == "eval":
-        from fastccreid.engine.trainer import run_train
-
-        args.evaluate = True
-        return run_train(args)
+        cfg = TrainConfig.from_namespace(args)
+        if cmd == "eval":
+            cfg.evaluate = True
+        return run_train(cfg, prog=f"fastccreid {cmd}")
     if cmd == "eval-features":
         from fastccreid.features_io import run_eval_features
 

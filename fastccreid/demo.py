@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastccreid.engine.config import TrainConfig
+
 DEFAULT_EPOCHS = 12
 HEIGHT, WIDTH = 128, 64
 
@@ -33,30 +35,24 @@ class DemoResult:
     total_seconds: float = 0.0
 
 
-def demo_train_argv(data_root: str, save_dir: str, *, epochs: int, seed: int, use_cpu: bool,
-                    height: int = HEIGHT, width: int = WIDTH, train_batch: int = 16, num_instances: int = 4,
-                    lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True) -> list[str]:
-    """The ``fastccreid train`` flags of the demo run."""
-    argv = ["train", "--dataset", "ltcc", "--dataset_root", data_root, "--dataset_filename", "",
-            "--height", str(height), "--width", str(width), "--train_batch", str(train_batch),
-            "--num_instances", str(num_instances), "--test_batch", "64", "-j", "0",
-            "--max_epoch", str(epochs), "--eval_epoch", "-1", "--tri_start_epoch", "0",
-            "--warm_up_epochs", "1", "--step_milestones", str(max(1, int(epochs * 0.75))),
-            "--lr", str(lr), "--pad_size", str(max(1, round(10 * width / 192))), "--random_erasing_pro", str(erase_p),
-            "--pretrained", "none", "--save_dir", save_dir, "--seed", str(seed), "--save_checkpoint",
-            "--loader", "torch", "--print_train_info_epoch_freq", "1"]
-    if use_cpu:
-        argv.append("--use_cpu")
-    if not progress:
-        argv.append("--no_progress")
-    return argv
+def demo_train_config(data_root: str, save_dir: str, *, epochs: int, seed: int, use_cpu: bool,
+                      height: int = HEIGHT, width: int = WIDTH, train_batch: int = 16, num_instances: int = 4,
+                      lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True) -> TrainConfig:
+    """The demo's training run: the seed's recipe shortened for a from-scratch run of a few epochs."""
+    return TrainConfig(
+        dataset="ltcc", dataset_root=data_root, dataset_filename="", height=height, width=width,
+        train_batch=train_batch, num_instances=num_instances, test_batch=64, num_workers=0, max_epoch=epochs,
+        eval_epoch=-1, tri_start_epoch=0, warm_up_epochs=1, step_milestones=[max(1, int(epochs * 0.75))], lr=lr,
+        pad_size=max(1, round(10 * width / 192)), random_erasing_pro=erase_p, pretrained="none", save_dir=save_dir,
+        seed=seed, save_checkpoint=True, loader="torch", print_train_info_epoch_freq=1, use_cpu=use_cpu,
+        no_progress=not progress)
 
 
 def _ranked(features: dict[str, Any], dataset, k: int = 10, max_queries: int = 6):
     """Clothes-changing ranked lists: per shown query, its top-k gallery images after the LTCC-cc junk removal
     (same identity seen by the same camera or in the same clothes)."""
     q, g = features["query"], features["gallery"]
-    dist = 2.0 - 2.0 * (q.feats @ g.feats.t()).numpy()  # squared euclidean of unit vectors [Q, G]
+    dist = 2.0 - 2.0 * (q.feats @ g.feats.t()).cpu().numpy()  # squared euclidean of unit vectors [Q, G]
     shown: list[int] = []
     seen: set[int] = set()
     for i, pid in enumerate(q.pids.tolist()):
@@ -81,10 +77,10 @@ def run_demo_pipeline(out: str, *, ids: int = 24, epochs: int = DEFAULT_EPOCHS, 
                       lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True, plots: bool = True
                       ) -> DemoResult:
     """The whole demo; returns the before/after metrics. Small ``ids``/``epochs`` make the fast test variant."""
-    from fastccreid.cli import build_parser
     from fastccreid.data.synth import make_synthetic
     from fastccreid.engine.distributed import setup
-    from fastccreid.engine.trainer import RunLog, Trainer
+    from fastccreid.engine.runlog import RunLog
+    from fastccreid.engine.trainer import Trainer
 
     if ids < 8:
         raise ValueError(f"--ids must be >= 8 (half train, half test, 4 identities per batch), got {ids}")
@@ -94,14 +90,13 @@ def run_demo_pipeline(out: str, *, ids: int = 24, epochs: int = DEFAULT_EPOCHS, 
     data_root = os.path.join(out, "data", "LTCC-synth")
     make_synthetic("ltcc", data_root, ids=ids, seed=seed, size=(height, width))
     save_dir = os.path.join(out, "run")
-    argv = demo_train_argv(data_root, save_dir, epochs=epochs, seed=seed, use_cpu=use_cpu, height=height,
-                           width=width, train_batch=train_batch, num_instances=num_instances, lr=lr,
-                           erase_p=erase_p, progress=progress)
-    args = build_parser().parse_args(argv)
-    ctx = setup(args.use_cpu, args.gpu_devices)
+    cfg = demo_train_config(data_root, save_dir, epochs=epochs, seed=seed, use_cpu=use_cpu, height=height,
+                            width=width, train_batch=train_batch, num_instances=num_instances, lr=lr,
+                            erase_p=erase_p, progress=progress)
+    ctx = setup(cfg.use_cpu, cfg.gpu_devices)
     log = RunLog(os.path.join(save_dir, "log_train.txt"), True, progress)
     try:
-        trainer = Trainer(args, ctx, log)
+        trainer = Trainer(cfg, ctx, log)
         log("==> Untrained model (random initialisation):")
         untrained = trainer.evaluate()
         t1 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -83,17 +84,55 @@ def _validate(data: dict, path: str) -> FeatureSet:
     return FeatureSet(feats.astype(np.float32, copy=False), out["pids"], out["camids"], out["clothes"], path)
 
 
+def _guarded(path: str, read):
+    """``read()``, with any failure to parse the file turned into a ValueError that names it and says why."""
+    import pickle
+    import zipfile
+
+    try:
+        return read()
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:  # torch.load(weights_only=True) refused a global: it is never unpickled
+            raise ValueError(f"{path}: refused to load: it references {found.group(1)}, and only tensors, numbers, "
+                             f"strings and containers are read") from None
+        raise ValueError(f"{path}: corrupt or truncated file (not a readable torch or pickle file)") from None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise ValueError(f"{path}: holds pickled (object) arrays, which are not read for safety; save plain "
+                             f"numeric arrays (feats float [N, D]; pids, camids[, clothes] int [N])") from None
+        raise ValueError(f"{path}: cannot be read ({exc})") from None
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_npz(path: str) -> dict:
+    def read() -> dict:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    data = _guarded(path, read)
+    if not isinstance(data, dict):  # np.load of a plain .npy saved under a .npz name returns an array
+        raise ValueError(f"{path}: not an .npz archive (keys feats, pids, camids[, clothes])")
+    return data
+
+
+def _read_pt(path: str):
+    import torch
+
+    return _guarded(path, lambda: torch.load(path, map_location="cpu", weights_only=True))
+
+
 def load_features(path: str) -> FeatureSet:
     """Read a set in any of the module's formats, checking keys, shapes and values (errors name file and key)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        data = _read_npz(path)
     elif path.endswith(".pt"):
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _read_pt(path)
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a dict with keys {', '.join(REQUIRED)}[, clothes], got "
                              f"{type(obj).__name__}")
@@ -103,10 +142,7 @@ def load_features(path: str) -> FeatureSet:
         if not os.path.exists(labels):
             raise FileNotFoundError(f"{path}: a .npy holds features only; its labels file {labels} "
                                     "(keys pids, camids[, clothes]) is missing")
-        data = {"feats": np.load(path, allow_pickle=False)}
-        with np.load(labels, allow_pickle=False) as z:
-            for k in z.files:
-                data[k] = z[k]
+        data = {"feats": _guarded(path, lambda: np.load(path, allow_pickle=False)), **_read_npz(labels)}
         path = f"{path} (+ {os.path.basename(labels)})"
     else:
         raise ValueError(f"{path}: unknown format; use .npz, .pt or .npy (+ .labels.npz)")
@@ -142,7 +178,9 @@ def run_eval_features(args) -> int:
         payload.update(query=args.query, gallery=args.gallery, num_gallery=int(g.feats.shape[0]),
                        reranking=bool(getattr(args, "reranking", False)))
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
+        tmp = args.json_out + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
+        os.replace(tmp, args.json_out)  # atomic: a reader never sees half a file
         print(f"wrote {args.json_out}")
     return 0

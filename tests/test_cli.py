@@ -46,14 +46,17 @@ def test_seed_defaults():
     assert (a.eval_epoch, a.start_eval_epoch, a.pretrained, a.amp) == (5, 0, "imagenet", "auto")
 
 
-def test_soft_margin_and_bad_values():
+def test_soft_margin_and_bad_values(capsys):
     assert build_parser().parse_args(["train", "--margin", "none"]).margin is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--margin", "wide"])
+    assert "--margin must be a number or 'none'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--dataset", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["synth", "--layout", "ltcc", "--root", "x", "--size", "12by4"])
+    assert "--size must look like HxW" in capsys.readouterr().err
 
 
 def test_console_entry_point_runs():
@@ -61,3 +64,33 @@ def test_console_entry_point_runs():
     assert out.returncode == 0
     for command in ("train", "eval", "eval-features", "synth", "bench", "demo"):
         assert command in out.stdout
+
+
+def test_parsed_defaults_are_the_train_config_defaults():
+    """One definition of every train/eval default: the parser's come from TrainConfig, and converting the parsed
+    arguments gives TrainConfig() back."""
+    from fastccreid.engine.config import TrainConfig
+
+    for command in ("train", "eval"):
+        assert TrainConfig.from_namespace(build_parser().parse_args([command])) == TrainConfig()
+    cfg = TrainConfig.from_namespace(build_parser().parse_args(["train", "--margin", "none", "--step_milestones",
+                                                                "40", "70", "--no-channels_last", "-j", "2"]))
+    assert (cfg.margin, cfg.step_milestones, cfg.channels_last, cfg.num_workers) == (None, [40, 70], False, 2)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict({**cfg.to_dict(), "a_future_field": 1}) == cfg
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("dataset", "nope", "--dataset must be one of ltcc, prcc"),
+    ("amp", "int8", "--amp must be one of auto, bf16, fp16, off"),
+    ("loader", "pil", "--loader must be one of auto, dali, torch"),
+    ("warm_up_method", "cosine", "--warm_up_method must be one of constant, linear"),
+    ("height", 64, "--height/--width must be at least 128x32"),
+    ("print_train_info_epoch_freq", 0, "--print_train_info_epoch_freq must be a positive number"),
+    ("max_steps_per_epoch", -1, "--max_steps_per_epoch must be >= 0"),
+])
+def test_train_config_rejects_bad_values_naming_the_flag(field, value, message):
+    from fastccreid.engine.config import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value}).validate()

@@ -11,30 +11,17 @@ import signal
 import numpy as np
 import pytest
 import torch
+from helpers.train_cases import make_tiny_ltcc, tiny_config
 
-from fastccreid.cli import build_parser
 from fastccreid.engine.amp import cpu_supports_bf16, resolve_amp
 from fastccreid.engine.checkpoint import LAST_NAME, load_checkpoint
+from fastccreid.engine.config import TrainConfig
 from fastccreid.engine.trainer import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, Trainer, run_train
-
-H, W = 128, 32
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    from fastccreid.data.synth import make_synthetic
-
-    root = str(tmp_path_factory.mktemp("synth") / "ltcc")
-    return make_synthetic("ltcc", root, ids=8, seed=0, clothes=2, cams=2, images_per=2, size=(H, W))
-
-
-def make_args(root: str, save_dir: str, *extra: str, command: str = "train"):
-    argv = [command, "--dataset", "ltcc", "--dataset_root", root, "--dataset_filename", "", "--height", str(H),
-            "--width", str(W), "--train_batch", "8", "--num_instances", "4", "--test_batch", "16", "-j", "0",
-            "--pretrained", "none", "--use_cpu", "--no_progress", "--loader", "torch", "--save_dir", save_dir,
-            "--max_steps_per_epoch", "2", "--tri_start_epoch", "0", "--eval_epoch", "-1", "--seed", "1",
-            "--amp", "bf16", *extra]
-    return build_parser().parse_args(argv)
+    return make_tiny_ltcc(str(tmp_path_factory.mktemp("synth") / "ltcc"))
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,19 +37,24 @@ class _Lines(list):
 def straight(data_root, tmp_path_factory):
     """Two epochs in one go: the weights every resumed run must reproduce."""
     save = str(tmp_path_factory.mktemp("straight"))
-    tr = Trainer(make_args(data_root, save, "--max_epoch", "2"), log=_Lines())
+    lines = _Lines()
+    tr = Trainer(tiny_config(data_root, save, max_epoch=2, print_train_info_epoch_freq=2), log=lines)
     assert tr.fit() == EXIT_OK
+    # the seed's --print_train_info_epoch_freq: the epoch's training line every 2nd epoch only
+    assert [ln.split()[0] for ln in lines if ln.startswith("Ep")] == ["Ep2"]
     return _params(tr.model), save
 
 
 def test_resume_continues_exactly(data_root, straight, tmp_path):
     weights, save_straight = straight
     save = str(tmp_path)
-    first = Trainer(make_args(data_root, save, "--max_epoch", "1", "--save_checkpoint"), log=_Lines())
+    first = Trainer(tiny_config(data_root, save, max_epoch=1, save_checkpoint=True), log=_Lines())
     assert first.fit() == EXIT_OK
     last = os.path.join(save, LAST_NAME)
     assert load_checkpoint(last)["epoch"] == 0
-    second = Trainer(make_args(data_root, save, "--max_epoch", "2", "--resume", last), log=_Lines())
+    # the checkpoint carries the whole run configuration
+    assert TrainConfig.from_dict(load_checkpoint(last)["fastccreid"]["config"]) == first.cfg
+    second = Trainer(tiny_config(data_root, save, max_epoch=2, resume=last), log=_Lines())
     assert second.start_epoch == 1
     assert second.fit() == EXIT_OK
     got = _params(second.model)
@@ -82,7 +74,7 @@ def test_uint8_loader_output_trains_the_same_weights(data_root, straight, tmp_pa
     """--loader_output uint8: the loader hands uint8 batches and the step normalises them; same weights as the
     default float batches normalised in the loader."""
     weights, _ = straight
-    tr = Trainer(make_args(data_root, str(tmp_path), "--max_epoch", "2", "--loader_output", "uint8"), log=_Lines())
+    tr = Trainer(tiny_config(data_root, str(tmp_path), max_epoch=2, loader_output="uint8"), log=_Lines())
     assert not tr.train_loader.normalize_in_loader
     assert tr.fit() == EXIT_OK
     got = _params(tr.model)
@@ -90,12 +82,12 @@ def test_uint8_loader_output_trains_the_same_weights(data_root, straight, tmp_pa
         assert torch.equal(got[k], weights[k]), k
 
 
-class _InterruptAt:
-    """Wraps the train loader: sends this process a real SIGINT just before yielding batch ``n``, so the flag is
+class _SignalAt:
+    """Wraps the train loader: sends this process a real signal just before yielding batch ``n``, so the flag is
     seen when step ``n``'s losses are reduced and the run stops after step ``n``."""
 
-    def __init__(self, loader, n: int) -> None:
-        self.loader, self.n = loader, n
+    def __init__(self, loader, n: int, sig: int = signal.SIGINT) -> None:
+        self.loader, self.n, self.sig = loader, n, sig
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.loader.set_epoch(epoch, start_batch)
@@ -106,21 +98,29 @@ class _InterruptAt:
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == self.n:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), self.sig)
             yield batch
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_matches_straight_run(data_root, straight, tmp_path):
-    weights, _ = straight
-    save = str(tmp_path)
-    tr = Trainer(make_args(data_root, save, "--max_epoch", "2"), log=_Lines())
-    tr.train_loader = _InterruptAt(tr.train_loader, n=0)
-    assert tr.fit() == EXIT_INTERRUPTED
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+@pytest.fixture
+def sigint_handler():
+    """Run a test with a chosen SIGINT disposition, whatever the suite was started with (``nohup``, ``&`` and job
+    schedulers start processes with SIGINT ignored); the session's own handler is put back afterwards."""
+    saved = signal.getsignal(signal.SIGINT)
+
+    def use(handler):
+        signal.signal(signal.SIGINT, handler)
+        return handler
+
+    yield use
+    signal.signal(signal.SIGINT, saved)
+
+
+def _check_resume_matches(data_root, save, weights):
     last = os.path.join(save, LAST_NAME)
     ck = load_checkpoint(last)
     assert ck["epoch"] == -1 and ck["resume_step"] == 1  # stopped after the first step of the first epoch
-    resumed = Trainer(make_args(data_root, save, "--max_epoch", "2", "--resume", last), log=_Lines())
+    resumed = Trainer(tiny_config(data_root, save, max_epoch=2, resume=last), log=_Lines())
     assert (resumed.start_epoch, resumed.resume_step) == (0, 1)
     assert resumed.fit() == EXIT_OK
     got = _params(resumed.model)
@@ -128,13 +128,42 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches_straight_run(data_root, strai
         assert torch.equal(got[k], weights[k]), k
 
 
+def test_ctrl_c_saves_mid_epoch_and_resume_matches_straight_run(data_root, straight, tmp_path, sigint_handler):
+    weights, _ = straight
+    save = str(tmp_path)
+    before = sigint_handler(signal.default_int_handler)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    tr = Trainer(tiny_config(data_root, save, max_epoch=2), log=_Lines())
+    tr.train_loader = _SignalAt(tr.train_loader, n=0)
+    assert tr.fit() == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers in force before fit() are back
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
+    _check_resume_matches(data_root, save, weights)
+
+
+def test_sigterm_stops_like_ctrl_c_when_sigint_is_ignored(data_root, straight, tmp_path, sigint_handler):
+    """Started in the background (SIGINT ignored): SIGINT stays ignored, SIGTERM still saves and stops."""
+    weights, _ = straight
+    sigint_handler(signal.SIG_IGN)
+    ignored = Trainer(tiny_config(data_root, str(tmp_path / "ign"), max_epoch=1), log=_Lines())
+    ignored.train_loader = _SignalAt(ignored.train_loader, n=0, sig=signal.SIGINT)
+    assert ignored.fit() == EXIT_OK  # the ignored Ctrl-C changed nothing
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    save = str(tmp_path / "term")
+    tr = Trainer(tiny_config(data_root, save, max_epoch=2), log=_Lines())
+    tr.train_loader = _SignalAt(tr.train_loader, n=0, sig=signal.SIGTERM)
+    assert tr.fit() == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    _check_resume_matches(data_root, save, weights)
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
     save = str(tmp_path)
-    assert Trainer(make_args(data_root, save, "--max_epoch", "1", "--save_checkpoint"), log=_Lines()).fit() == 0
+    assert Trainer(tiny_config(data_root, save, max_epoch=1, save_checkpoint=True), log=_Lines()).fit() == 0
     last = os.path.join(save, LAST_NAME)
     before = open(last, "rb").read()
     lines = _Lines()
-    tr = Trainer(make_args(data_root, save, "--max_epoch", "3", "--save_checkpoint", "--resume", last), log=lines)
+    tr = Trainer(tiny_config(data_root, save, max_epoch=3, save_checkpoint=True, resume=last), log=lines)
     with torch.no_grad():
         tr.model.classifier.weight.fill_(float("nan"))
     assert tr.fit() == EXIT_NONFINITE
@@ -147,14 +176,13 @@ def test_eval_command_on_saved_and_official_style_checkpoints(data_root, tmp_pat
     from fastccreid.features_io import load_features
 
     save = str(tmp_path / "train")
-    tr = Trainer(make_args(data_root, save, "--max_epoch", "1"), log=_Lines())
+    tr = Trainer(tiny_config(data_root, save, max_epoch=1), log=_Lines())
     assert tr.fit() == EXIT_OK
     trained = tr.last_results
     ckpt = str(tmp_path / "mine.pth")
     torch.save(tr.checkpoint_state(0), ckpt)
     feats = str(tmp_path / "feats.npz")
-    args = make_args(data_root, str(tmp_path / "eval"), "--resume", ckpt, "--save_features", feats, command="eval")
-    args.evaluate = True
+    args = tiny_config(data_root, str(tmp_path / "eval"), resume=ckpt, save_features=feats, evaluate=True)
     assert run_train(args) == EXIT_OK
     log = open(tmp_path / "eval" / "log_test.txt").read()
     assert "general" in log and "clothes-changing" in log
@@ -171,8 +199,7 @@ def test_eval_command_on_saved_and_official_style_checkpoints(data_root, tmp_pat
     for name in ("smr_c_branch1", "smr_s_branch1", "smr_s_branch2", "smr_c_branch2"):
         sd[f"module.{name}.classifier.weight"] = torch.zeros(77, 4096)
     torch.save({"model_state_dict": sd, "rank1": np.float32(0.5), "mAP": np.float64(0.25), "epoch": 119}, official)
-    args = make_args(data_root, str(tmp_path / "eval2"), "--resume", official, "--reranking", command="eval")
-    args.evaluate = True
+    args = tiny_config(data_root, str(tmp_path / "eval2"), resume=official, reranking=True, evaluate=True)
     assert run_train(args) == EXIT_OK
     log2 = open(tmp_path / "eval2" / "log_test.txt").read()
     assert "With Reranking" in log2 and "(epoch 120)" in log2
@@ -182,21 +209,19 @@ def test_eval_command_on_saved_and_official_style_checkpoints(data_root, tmp_pat
     sd2["smr_c_branch1.extra"] = torch.zeros(1)
     del sd2["backbone_layer43.conv1.weight"]
     torch.save({"model_state_dict": sd2}, bad)
-    args = make_args(data_root, str(tmp_path / "eval3"), "--resume", bad, command="eval")
-    args.evaluate = True
+    args = tiny_config(data_root, str(tmp_path / "eval3"), resume=bad, evaluate=True)
     assert run_train(args) == 2
     err = capsys.readouterr().err
     assert "backbone_layer43.conv1.weight" in err and "smr_c_branch1.extra" in err
 
 
 def test_bad_flags_are_usage_errors(data_root, tmp_path, capsys):
-    assert run_train(make_args(data_root, str(tmp_path), "--height", "64")) == 2
+    assert run_train(tiny_config(data_root, str(tmp_path), height=64)) == 2
     assert "--height/--width must be at least 128x32" in capsys.readouterr().err
-    args = make_args(data_root, str(tmp_path), command="eval")
-    args.evaluate = True
+    args = tiny_config(data_root, str(tmp_path), evaluate=True)
     assert run_train(args) == 2
     assert "--resume PATH" in capsys.readouterr().err
-    assert run_train(make_args(data_root, str(tmp_path), "--resume", str(tmp_path / "nope.pth"))) == 2
+    assert run_train(tiny_config(data_root, str(tmp_path), resume=str(tmp_path / "nope.pth"))) == 2
     assert "no such checkpoint" in capsys.readouterr().err
 
 
@@ -243,12 +268,12 @@ def test_compile_does_not_recompile_across_epochs_or_eval(data_root, tmp_path):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    tr = Trainer(make_args(data_root, str(tmp_path), "--max_epoch", "1", "--compile", "--eval_epoch", "1"),
+    tr = Trainer(tiny_config(data_root, str(tmp_path), max_epoch=1, compile=True, eval_epoch=1),
                  log=_Lines())
     assert tr.fit() == EXIT_OK
     after_first = counters["stats"]["unique_graphs"]
     assert after_first > 0
-    tr.args.max_epoch = 3
+    tr.cfg.max_epoch = 3
     tr.start_epoch = 1
     assert tr.fit() == EXIT_OK
     assert counters["stats"]["unique_graphs"] == after_first

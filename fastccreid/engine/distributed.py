@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+INIT_METHOD_ENV = "FASTCCREID_DIST_INIT"  # e.g. file:///tmp/x: set by `fastccreid train --nproc N`'s launcher
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -57,7 +59,9 @@ def setup(use_cpu: bool = False, gpu_devices: str = "0") -> DistContext:
     if world_size > 1:
         backend = "nccl" if use_cuda else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+            # fastccreid's own launcher rendezvous through a file it owns (no port to race for); torchrun: env://
+            init_method = os.environ.get(INIT_METHOD_ENV) or "env://"
+            dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
                                     device_id=device if use_cuda else None)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
@@ -110,3 +114,50 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=ctx.device if ctx.backend == "nccl" else None)
     return box[0]
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-sized rows with a gradient: forward concatenates every rank's [b, ...] in rank order;
+    backward sums the gradient of the [W*b, ...] result over the ranks (one all-reduce, which gloo and NCCL both
+    have) and returns this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:  # noqa: D102
+        ctx.rank, ctx.rows = rank, t.shape[0]
+        parts = [torch.empty_like(t) for _ in range(world_size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+
+
+def gather_batch(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's [b, ...] rows concatenated in rank order, [W*b, ...] (all ranks hold equal b: the sampler gives
+    each P/W whole identities). Differentiable: the backward sums each row's gradient over the ranks, so a loss
+    that every rank computes alike on the global batch gives each rank W times its rows' gradient, which DDP's
+    gradient mean divides by W again: the single-process gradient of that loss, with no extra scaling."""
+    if not ctx.distributed:
+        return t
+    return _GatherRows.apply(t, ctx.rank, ctx.world_size)
+
+
+def gather_labels(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's equal-sized [b] labels concatenated in rank order (no gradient)."""
+    if not ctx.distributed:
+        return t
+    parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BN running statistics): what the checkpoint holds and what the
+    seed's DataParallel keeps, so every rank embeds with the same statistics."""
+    if not ctx.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=src)

@@ -1,8 +1,8 @@
 """Evaluation during and after training: flip-TTA feature extraction (sharded over ranks) and the fast evaluator.
 
-Features are the seed's: model(x) + model(flip(x)), L2-normalised, in fp32 [N, 2048]. Each dataset is evaluated under
-its protocols (SPEC §4): LTCC / VC-Clothes general and clothes-changing, PRCC same-clothes and clothes-changing
-(whole gallery), Celeb-reID and the rest the market protocol.
+Features are the seed's: model(x) + model(flip(x)), L2-normalised, in fp32 [N, 2048]. Each dataset is evaluated
+under its protocols (README: "Evaluator"): LTCC / VC-Clothes general and clothes-changing, PRCC same-clothes and
+clothes-changing (whole gallery), Celeb-reID and the rest the market protocol.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fastccreid.data.records import ImageRecord, ReIDDataset
 from fastccreid.engine.amp import AmpConfig
-from fastccreid.engine.distributed import DistContext, gather_rows, shard_range
+from fastccreid.engine.distributed import DistContext, broadcast_object, gather_rows, shard_range
 from fastccreid.metrics import EvalResult
 from fastccreid.metrics import evaluate as fast_evaluate
 
@@ -102,10 +102,10 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], records: lis
             flipped = torch.flip(x, dims=[3]).contiguous(memory_format=memory_format)
             with cfg.amp.autocast():
                 f = model(x).float() + model(flipped).float()  # sum in fp32
-            feats.append(F.normalize(f[:n], p=2, dim=1).cpu())
+            feats.append(F.normalize(f[:n], p=2, dim=1))  # stays on the device: no per-batch sync
             labels.append(torch.stack([torch.as_tensor(batch.pids), torch.as_tensor(batch.camids),
                                        torch.as_tensor(batch.clothes_ids)], dim=1).to(torch.int64).cpu())
-    local_f = torch.cat(feats) if feats else torch.zeros((0, 2048), dtype=torch.float32)
+    local_f = torch.cat(feats) if feats else torch.zeros((0, 2048), dtype=torch.float32, device=ctx.device)
     local_l = torch.cat(labels) if labels else torch.zeros((0, 3), dtype=torch.int64)
     all_f = gather_rows(local_f, ctx)
     all_l = gather_rows(local_l, ctx).numpy()
@@ -116,9 +116,10 @@ def evaluate_model(model: Callable[[torch.Tensor], torch.Tensor], dataset: ReIDD
                    ctx: DistContext, *, rerank: bool = False, save_features_path: str = "",
                    log: Callable[[str], None] = print, features_out: dict[str, Features] | None = None
                    ) -> dict[str, EvalResult]:
-    """Extract gallery and query features, evaluate every setting of the dataset, print one line per setting
-    (rank 0), and optionally write the features in the ``eval-features`` format. Returns {setting: result};
-    ``features_out`` (when given) receives the features by set name ("gallery", "query", ...)."""
+    """Extract gallery and query features (sharded over ranks), evaluate every setting of the dataset once (rank 0:
+    the others get its results), print one line per setting (rank 0), and optionally write the features in the
+    ``eval-features`` format. Returns {setting: result} on every rank; ``features_out`` (when given) receives the
+    features by set name ("gallery", "query", ...)."""
     settings = eval_settings(dataset)
     gallery = extract_features(model, dataset.gallery, cfg, ctx, desc="gallery")
     queries: dict[str, Features] = {}
@@ -128,13 +129,15 @@ def evaluate_model(model: Callable[[torch.Tensor], torch.Tensor], dataset: ReIDD
     if features_out is not None:
         features_out.update({"gallery": gallery, **queries})
     results: dict[str, EvalResult] = {}
-    for s in settings:
-        q = queries[s.query]
-        results[s.name] = fast_evaluate(
-            qf=q.feats, gf=gallery.feats, q_pids=q.pids, g_pids=gallery.pids, q_camids=q.camids,
-            g_camids=gallery.camids, q_clothes=q.clothes, g_clothes=gallery.clothes, protocol=s.protocol,
-            rerank=rerank,
-        )
+    if ctx.is_main:  # evaluated once, on the device the features are on
+        for s in settings:
+            q = queries[s.query]
+            results[s.name] = fast_evaluate(
+                qf=q.feats, gf=gallery.feats, q_pids=q.pids, g_pids=gallery.pids, q_camids=q.camids,
+                g_camids=gallery.camids, q_clothes=q.clothes, g_clothes=gallery.clothes, protocol=s.protocol,
+                rerank=rerank,
+            )
+    results = broadcast_object(results, ctx)
     if ctx.is_main:
         for name, r in results.items():
             log(format_result(name, r, rerank))

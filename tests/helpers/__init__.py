@@ -1,0 +1,1 @@
+"""Shared oracles, case builders and run configurations for the test suite."""
