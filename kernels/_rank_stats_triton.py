@@ -19,28 +19,12 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels.rank_stats import _finish, _PidIndex, _sq_norms, _stats_from_hist
+from fastccreid.kernels._triton_gram import sqeuclid_tile
+from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
+from fastccreid.kernels.rank_stats import PidIndex, finish_stats, stats_from_hist
+from fastccreid.kernels.seed_distance import sq_norms
 
-JUNK_CODES = {None: 0, "market": 1, "ltcc-cc": 2}
-_JUNK_NAMES = {v: k for k, v in JUNK_CODES.items()}
-
-
-@triton.jit
-def sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
-                  BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
-    """|q|^2 + |g|^2 - 2 q.g for a [BQ, BG] tile, fp32 accumulation (IEEE, no TF32), int64 row offsets."""
-    acc = tl.zeros((BQ, BG), dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        mk = offs_k < D
-        a = tl.load(q_ptr + offs_q.to(tl.int64)[:, None] * stride_q + offs_k[None, :],
-                    mask=mask_q[:, None] & mk[None, :], other=0.0).to(tl.float32)
-        b = tl.load(g_ptr + offs_g.to(tl.int64)[None, :] * stride_g + offs_k[:, None],
-                    mask=mask_g[None, :] & mk[:, None], other=0.0).to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-    qq = tl.load(qq_ptr + offs_q, mask=mask_q, other=0.0)
-    gg = tl.load(gg_ptr + offs_g, mask=mask_g, other=0.0)
-    return qq[:, None] + gg[None, :] - 2.0 * acc
+__all__ = ["JUNK_CODES", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
 
 
 @triton.jit
@@ -93,9 +77,9 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     g = g.contiguous()
     nq, d = q.shape
     ng = g.shape[0]
-    qq = _sq_norms(q.float()).contiguous()
-    gg = _sq_norms(g.float()).contiguous()
-    index = _PidIndex(gp)
+    qq = sq_norms(q.float()).contiguous()
+    gg = sq_norms(g.float()).contiguous()
+    index = PidIndex(gp)
     lo, cnt = index.ranges(qp)
     rp = max(1, int(cnt.max().item()))
     slot = torch.empty(ng, dtype=torch.int64, device=g.device)
@@ -118,7 +102,7 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     grid = (triton.cdiv(nq, block_q), triton.cdiv(ng, block_g))
     wrap_triton(_place_kernel)[grid](q, g, qq, gg, qp, gp, ms.contiguous(), msidx, nmatch, hist, nq, ng, d, rp,
                                      q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
-    return _stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
+    return stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
 
 
 def _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk: int):
@@ -136,7 +120,7 @@ def rank_stats_op(q: torch.Tensor, g: torch.Tensor, q_pids: torch.Tensor, g_pids
     int64 (zeros for queries without a match); ``junk`` by code (0 none, 1 market, 2 ltcc-cc); label tensors the
     rule does not use may be any int64 dummies."""
     qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
-    r = _finish(*rank_stats_triton(q, g, q_pids, g_pids, qc, gc, qcl, gcl, _JUNK_NAMES[junk]))
+    r = finish_stats(*rank_stats_triton(q, g, q_pids, g_pids, qc, gc, qcl, gcl, JUNK_NAMES[junk]))
     return r.first_rank, r.ap, r.inp, r.num_matches
 
 
@@ -146,7 +130,7 @@ def _rank_stats_cpu(q, g, q_pids, g_pids, q_camids, g_camids, q_clothes, g_cloth
 
     qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
     r = rank_stats(q, g, "sqeuclidean", q_pids=q_pids, g_pids=g_pids, q_camids=qc, g_camids=gc, q_clothes=qcl,
-                   g_clothes=gcl, junk=_JUNK_NAMES[junk], backend="torch")
+                   g_clothes=gcl, junk=JUNK_NAMES[junk], backend="torch")
     return r.first_rank, r.ap, r.inp, r.num_matches
 
 

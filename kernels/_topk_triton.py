@@ -19,12 +19,11 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels._rank_stats_triton import sqeuclid_tile
-from fastccreid.kernels.rank_stats import _sq_norms
+from fastccreid.kernels._triton_gram import sqeuclid_tile
+from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
+from fastccreid.kernels.seed_distance import sq_norms
 
 _MAX_KEY = 2**63 - 1
-JUNK_CODES = {None: 0, "market": 1, "ltcc-cc": 2}
-_JUNK_NAMES = {v: k for k, v in JUNK_CODES.items()}
 
 
 @triton.jit
@@ -85,7 +84,7 @@ def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64
     if k > block_g:  # each tile must be able to contribute k candidates
         block_g = 1 << (k - 1).bit_length()
         kp = block_g
-    qq, gg = _sq_norms(q).contiguous(), _sq_norms(g).contiguous()
+    qq, gg = sq_norms(q).contiguous(), sq_norms(g).contiguous()
     dummy = torch.zeros(1, dtype=torch.int64, device=q.device)
     if labels is not None:
         qp, gp, qc, gc, qcl, gcl = labels
@@ -134,7 +133,7 @@ def topk_op(q: torch.Tensor, g: torch.Tensor, k: int, q_pids: torch.Tensor, g_pi
     """k nearest (squared euclidean) per query -> values [Q, k] fp32, indices [Q, k] int64; ``junk`` by code
     (0 none, 1 market, 2 ltcc-cc); label tensors the rule does not use may be any int64 dummies."""
     labels = _op_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk)
-    return topk_triton(q, g, k, labels, _JUNK_NAMES[junk])
+    return topk_triton(q, g, k, labels, JUNK_NAMES[junk])
 
 
 @topk_op.register_kernel("cpu")
@@ -143,7 +142,7 @@ def _topk_cpu(q, g, k: int, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clo
 
     clothes = (q_clothes, g_clothes) if junk == 2 else (None, None)
     return topk_ranking(q, g, k, "sqeuclidean", q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids,
-                        q_clothes=clothes[0], g_clothes=clothes[1], junk=_JUNK_NAMES[junk], backend="torch")
+                        q_clothes=clothes[0], g_clothes=clothes[1], junk=JUNK_NAMES[junk], backend="torch")
 
 
 @topk_op.register_fake

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from fastccreid.kernels.checks import JUNK_RULES
-from fastccreid.kernels.seed_distance import Scratch, gallery_cache, scratch, seed_normalize, sq_norms
+from fastccreid.kernels.seed_distance import Scratch, gallery_cache, scratch, seed_normalize
 
 METRICS = ("sqeuclidean", "euclidean", "cosine", "precomputed")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -318,10 +318,6 @@ def rank_stats(
         backend=backend,
     )
 
-
-# Names the Triton launchers imported before the evaluation driver moved out (removed once they import the
-# public names).
-_finish, _PidIndex, _stats_from_hist, _sq_norms = finish_stats, PidIndex, stats_from_hist, sq_norms
 
 __all__ = [
     "JUNK_RULES",
