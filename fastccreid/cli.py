@@ -20,6 +20,8 @@ from fastccreid.engine.config import (
     WARM_UP_METHODS,
     TrainConfig,
 )
+from fastccreid.export import EXPORTERS
+from fastccreid.export import FORMATS as EXPORT_FORMATS
 
 PROTOCOLS = ("market", "ltcc-general", "ltcc-cc", "prcc", "celeb", "cuhk03")
 BENCH_SUITES = (*SUITES, "all")
@@ -184,12 +186,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="write rows as JSON")
     p.add_argument("--out", default="", metavar="DIR", help="also write a markdown table and PNG plots")
 
+    p = sub.add_parser("doctor", help="check what this machine runs: versions, backends, fast paths vs their twins")
+    p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="also write the report as JSON")
+
     p = sub.add_parser("demo", help="synthetic LTCC -> train CSSC -> evaluate, in minutes on a CPU")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, plots)")
     p.add_argument("--ids", type=int, default=24, help="synthetic identities")
     p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the demo's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--use_cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+
+    p = sub.add_parser("extract", help="features of a folder (or list) of images -> an eval-features .npz",
+                       description="The seed's test features (flip TTA, L2-normalised) of every image in a folder "
+                                   "(sub-folders included) or a text list of paths, written as the .npz that "
+                                   "eval-features reads, plus the image paths ('paths'). With --layout, pids / "
+                                   "camids / clothes ids come from the file names as that dataset's parser reads "
+                                   "them; without it they are -1 (features only).")
+    p.add_argument("--resume", required=True, metavar="CKPT", help="fastccreid or official CSSC checkpoint")
+    p.add_argument("--images", required=True, metavar="DIR_OR_LISTFILE", help="image folder or list file")
+    p.add_argument("--out", required=True, metavar="FEATS.npz", help="features file to write (atomically)")
+    p.add_argument("--layout", default=None, choices=DATASET_NAMES, help="read labels from the file names")
+    p.add_argument("--batch_size", type=int, default=_D.test_batch, help="images per forward pass")
+    p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 384)")
+    p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 192)")
+    p.add_argument("--amp", default="off", choices=AMP_CHOICES, help="feature precision (default fp32, as eval)")
+    p.add_argument("--loader", default=_D.loader, choices=LOADER_CHOICES, help="input pipeline, as eval's")
+    p.add_argument("-j", "--num_workers", type=int, default=_D.num_workers, help="data loading workers")
+    p.add_argument("--use_cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    p.add_argument("--skip_bad_images", action="store_true", help="warn about and skip unreadable images")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a checkpoint's evaluation model (ONNX)",
+                       description="Export the evaluation-mode CSSC (input 'images' float [B, 3, H, W], "
+                                   "ImageNet-normalised; output 'features' [B, 2048], before flip TTA and "
+                                   "L2 normalisation).")
+    p.add_argument("--resume", required=True, metavar="CKPT", help="fastccreid or official CSSC checkpoint")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="output format")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true",
+                   help="a variable batch dimension (default: fixed at --batch)")
+    p.add_argument("--batch", type=int, default=1, help="the fixed batch size without --dynamic-batch")
+    p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 384)")
+    p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 192)")
+    p.add_argument("--exporter", default="dynamo", choices=EXPORTERS,
+                   help="torch.onnx exporter: dynamo (torch.export; needs onnxscript) or the older torchscript")
     return parser
 
 
@@ -215,10 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastccreid.bench import run_bench
 
         return run_bench(args)
+    if cmd == "doctor":
+        from fastccreid.doctor import run_cli
+
+        return run_cli(args)
     if cmd == "demo":
         from fastccreid.demo import run_demo
 
         return run_demo(args)
+    if cmd == "extract":
+        from fastccreid.inference import run_extract
+
+        return run_extract(args)
+    if cmd == "export":
+        from fastccreid.export import run_export
+
+        return run_export(args)
     raise ValueError(f"unknown command {cmd!r}")  # argparse already restricts the choices
 
 

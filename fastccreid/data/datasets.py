@@ -377,3 +377,75 @@ def build_dataset(name: str, root: str | os.PathLike[str]) -> ReIDDataset:
     if name not in _PARSERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     return _PARSERS[name](os.fspath(root))
+
+
+def _stable_id(text: str) -> int:
+    """A 62-bit id of ``text`` that every process and run agrees on (blake2b, not Python's salted ``hash``)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 2
+
+
+def _deepchange_tracklets(folder: str) -> dict[str, int]:
+    list_path = folder.rstrip(os.sep) + "-bbox.txt"
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"deepchange: missing list file {list_path!r} (camids are its tracklet ids). "
+                                f"Expected layout: {LAYOUTS['deepchange']}")
+    rows = (line.partition(",") for line in _read_list("deepchange", list_path))
+    return {f: _int("deepchange", t, list_path) for f, _, t in rows}
+
+
+def parse_image_labels(name: str, paths: Iterable[str]) -> list[ImageRecord]:
+    """Test-split labels of single image files of dataset ``name``, read from their names as its parser reads them
+    (``fastccreid extract --layout``): pids raw, camids as the parser's (DeepChange: the tracklet id from the
+    ``<folder>-bbox.txt`` beside the image's folder). Clothes ids are equal exactly when the parser's clothes keys
+    are, and never depend on which other files are parsed with them, so a query folder and a gallery folder
+    parsed separately agree: a stable 62-bit id of the key where the parser relabels a string key (LTCC,
+    VC-Clothes, DeepChange), ``2 * pid + (camera C)`` for PRCC, the pid where the parser uses it. Where the
+    parser gives every image its own camera (Celeb-reID, LaST), the camid is a stable id of the absolute path."""
+    if name not in _PARSERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    tracklets: dict[str, dict[str, int]] = {}
+    out = []
+    for path in paths:
+        base = os.path.basename(path)
+        if name == "ltcc":
+            pid, _, cam = (int(g) for g in _match(name, _LTCC_IDS, path).groups())
+            rec = (pid, cam - 1, _stable_id(_match(name, _LTCC_CLOTHES, path).group(1)))
+        elif name == "vcclothes":
+            pid_s, cam_s, cl_s, _ = _match(name, _VC_IDS, path).groups()
+            rec = (int(pid_s), int(cam_s) - 1, _stable_id(pid_s + cl_s))
+        elif name == "market1501":
+            pid, cam = (int(g) for g in _match(name, _MARKET_IDS, path).groups())
+            rec = (pid, cam - 1, pid)
+        elif name == "msmt17":
+            fields = base.split("_")
+            if len(fields) < 3:
+                raise _layout_error(name, path, "file name is not <pid>_<n>_<cam>_...")
+            pid = _int(name, fields[0], path)
+            rec = (pid, _int(name, fields[2], path) - 1, pid)
+        elif name in ("celeb", "last"):
+            pid = _int(name, (_match(name, _CELEB_IDS, path).group(1) if name == "celeb"
+                              else base.split(".")[0].split("_")[0]), path)
+            rec = (pid, _stable_id(os.path.abspath(path)), pid)
+        elif name == "prcc":
+            parent = os.path.dirname(os.path.abspath(path))
+            letter = os.path.basename(os.path.dirname(parent))
+            letter = letter if letter in _PRCC_CAMS else base[:1]
+            if letter not in _PRCC_CAMS:
+                raise _layout_error(name, path, "camera letter A, B or C not found (folder rgb/test/<cam>/<pid>/ or "
+                                                "a file name starting with it)")
+            pid = _int(name, os.path.basename(parent), path)
+            rec = (pid, _PRCC_CAMS[letter], 2 * pid + (letter == "C"))
+        else:  # deepchange
+            fields = base.split(".")[0].split("_")
+            if len(fields) < 3 or fields[0][:1] != "P":
+                raise _layout_error(name, path, "file name is not P<pid>_C<cam>_<clothes>_...")
+            folder = os.path.dirname(os.path.abspath(path))
+            if folder not in tracklets:
+                tracklets[folder] = _deepchange_tracklets(folder)
+            if base not in tracklets[folder]:
+                raise _layout_error(name, path, f"not listed in {folder}-bbox.txt")
+            rec = (_int(name, fields[0][1:], path), tracklets[folder][base], _stable_id(fields[0] + fields[2]))
+        out.append(ImageRecord(path, *rec))
+    return out
