@@ -16,7 +16,7 @@ from fastccreid.reference.transforms import build_test_transform
 pytest.importorskip("nvidia.dali")
 pytestmark = pytest.mark.dali
 
-from test_loaders import PAD, corrupt_copy, make_records, write_formats  # noqa: E402
+from helpers.data_cases import PAD, corrupt_copy, make_records, write_formats  # noqa: E402
 
 # Upscaling (as 128x64 / 256x128 -> 384x192): DALI's and PIL's bilinear agree within one grey level (measured max
 # 0.0175 in normalised units = 1/255/std); decoding itself is bit-identical (both libjpeg-turbo / libpng).

@@ -3,43 +3,39 @@ batches that are exactly the sampler's epoch, determinism, eval order, bad-image
 
 from __future__ import annotations
 
+import ast
 import math
+import multiprocessing
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers.data_cases import PAD, corrupt_copy, make_records, smooth_image, write_formats
 from PIL import Image
 from torchvision import transforms as T  # noqa: N812
 from torchvision.transforms import functional as TF  # noqa: N812
 
-from fastccreid.data.loaders import Batch, build_eval_loader, build_train_loader, choose_loader, to_model_input
+from fastccreid.data import torch_loader, transforms
+from fastccreid.data.loaders import (
+    Batch,
+    build_eval_loader,
+    build_train_loader,
+    choose_loader,
+    to_model_input,
+    usable_cpus,
+)
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
+from fastccreid.data.torch_loader import DEBUG_ENV
 from fastccreid.data.transforms import BadImageError, sample_aug_params
+from fastccreid.reference import transforms as reference_transforms
 from fastccreid.reference.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, build_test_transform
 
-H, W, PAD = 48, 24, 4
-
-
-def _image(seed: int, h: int = 40, w: int = 20) -> np.ndarray:
-    """A random but smooth-ish RGB image (so resize differences stay small)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
-    return np.array(Image.fromarray(small).resize((w, h), Image.BILINEAR))
-
-
-def make_records(root, ids: int = 6, per_id: int = 5, fmt: str = "jpg") -> list[ImageRecord]:
-    os.makedirs(root, exist_ok=True)
-    recs = []
-    for pid in range(ids):
-        for n in range(per_id):
-            path = os.path.join(root, f"{pid:03d}_{n}.{fmt}")
-            Image.fromarray(_image(pid * 100 + n)).save(path, quality=95) if fmt == "jpg" else \
-                Image.fromarray(_image(pid * 100 + n)).save(path)
-            recs.append(ImageRecord(path, pid, n % 2, n % 3))
-    return recs
+H, W = 48, 24
 
 
 @pytest.fixture(scope="module")
@@ -212,40 +208,12 @@ def test_augmentation_statistics_match_the_reference():
     assert (e[:, 0] + e[:, 2] <= h).all() and (e[:, 1] + e[:, 3] <= w).all()
 
 
-def write_formats(root: str) -> list[ImageRecord]:
-    """The same picture as RGB JPEG, grayscale JPEG, RGB PNG, RGBA PNG, palette PNG and grayscale PNG."""
-    os.makedirs(root, exist_ok=True)
-    a = _image(11)
-    imgs = {
-        "rgb.jpg": Image.fromarray(a), "gray.jpg": Image.fromarray(a[..., 0]), "rgb.png": Image.fromarray(a),
-        "rgba.png": Image.fromarray(np.dstack([a, a[..., :1]])), "pal.png": Image.fromarray(a).convert("P"),
-        "gray.png": Image.fromarray(a[..., 1]),
-    }
-    recs = []
-    for i, (name, im) in enumerate(imgs.items()):
-        path = os.path.join(root, name)
-        im.save(path)
-        recs.append(ImageRecord(path, i, 0, 0))
-    return recs
-
-
 @pytest.mark.parametrize("backend", ["torch"])
 def test_image_formats_decode_as_pil_rgb(tmp_path, backend):
     recs = write_formats(str(tmp_path))
     (batch,) = list(build_eval_loader(recs, height=H, width=W, batch_size=8, loader=backend, num_workers=0))
     ref = torch.stack([build_test_transform(H, W)(Image.open(r.path).convert("RGB")) for r in recs])
     assert (to_model_input(batch) - ref).abs().max().item() < 1e-5
-
-
-def corrupt_copy(records: list[ImageRecord], root: str, which: int) -> tuple[list[ImageRecord], str]:
-    """records with image ``which`` replaced by a truncated copy of itself."""
-    data = open(records[which].path, "rb").read()
-    path = os.path.join(root, "truncated_" + os.path.basename(records[which].path))
-    with open(path, "wb") as f:
-        f.write(data[: len(data) // 2])
-    out = list(records)
-    out[which] = ImageRecord(path, records[which].pid, records[which].camid, records[which].clothes_id)
-    return out, path
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -270,6 +238,132 @@ def test_bad_image_raises_by_name_or_is_skipped(records, tmp_path, workers):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         got = torch.cat([b.indices for b in ev]).tolist()
     assert got == [i for i in range(len(bad)) if i != 7] and ev.bad_images == 1
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_bad_image_in_a_worker_reaches_the_user_as_one_line(records, tmp_path, monkeypatch, kind):
+    """An unreadable file found in a DataLoader worker raises the same one-line BadImageError (with ``.path``) as
+    in-process, not torch's "Caught BadImageError in DataLoader worker process N. Original Traceback ..." wall;
+    FASTCCREID_DEBUG=1 keeps the worker's traceback."""
+    bad, path = corrupt_copy(records, str(tmp_path), 7)
+
+    def error(workers: int) -> BadImageError:
+        if kind == "train":
+            loader = build_train_loader(bad, height=H, width=W, batch_size=8, num_instances=4, seed=0,
+                                        loader="torch", num_workers=workers, pad=PAD)
+        else:
+            loader = build_eval_loader(bad, height=H, width=W, batch_size=8, loader="torch", num_workers=workers)
+        with pytest.raises(BadImageError, match="truncated_") as info:
+            list(loader)
+        return info.value
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    err = error(2)
+    assert str(err).startswith(f"cannot read image {path!r}: ") and "\n" not in str(err)
+    assert "Traceback" not in str(err) and "DataLoader worker" not in str(err) and err.path == path
+    if kind == "eval":
+        return  # the debug switch is the same code for both sets; once is enough (a raising worker's shutdown
+        # waits out torch's 5 s join timeout)
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    err = error(1)
+    assert "Original Traceback" in str(err) and path in str(err)
+
+
+def test_num_workers_capped_at_the_cpus_this_process_may_use(records, capsys, recwarn):
+    """-j above the CPUs in this process's affinity mask: one line says so, the loader runs that many workers and
+    torch warns nothing; the cap follows the affinity mask (taskset, containers), not the machine's CPU count."""
+    cpus = len(os.sched_getaffinity(0))
+    kw = dict(height=H, width=W, batch_size=8, num_instances=4, seed=0, loader="torch", pad=PAD)
+    loader = build_train_loader(records, num_workers=cpus + 6, **kw)
+    assert loader.num_workers == cpus
+    assert usable_cpus() == cpus
+    build_eval_loader(records, height=H, width=W, loader="torch", num_workers=cpus + 6)  # said once per process
+    out = capsys.readouterr().out
+    assert out.count(f"=> -j/--num_workers {cpus + 6} capped at {cpus}: this process may use {cpus} CPU(s)") == 1
+    assert len(list(loader)) == len(loader)
+    assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]
+    assert build_train_loader(records, num_workers=cpus, **kw).num_workers == cpus  # at the limit: unchanged
+    assert "capped" not in capsys.readouterr().out
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # this thread only; restored below
+        assert usable_cpus() == 1
+        assert build_eval_loader(records, height=H, width=W, loader="torch", num_workers=3).num_workers == 1
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_workers_start_by_forkserver_once_threads_are_live(records, monkeypatch):
+    """NumPy's and torch's thread pools are up in this process, so forking could copy a lock another thread holds:
+    the loaders' workers start from the forkserver (the batches are the same: test above with 1 worker)."""
+    assert torch_loader.live_threads() > 1
+    ctx, name = torch_loader.worker_context(2)
+    assert name == "forkserver" and ctx.get_start_method() == "forkserver"
+    assert torch_loader.worker_context(0) == (None, "in-process")
+    loader = build_train_loader(records, height=H, width=W, batch_size=8, num_instances=4, loader="torch",
+                                num_workers=1, pad=PAD)
+    dl = torch_loader._data_loader(loader.dataset, batch_sampler=loader.batch_keys(), num_workers=1)
+    assert dl.multiprocessing_context.get_start_method() == "forkserver"
+    monkeypatch.setattr(torch_loader, "live_threads", lambda: 1)  # a single-threaded process may fork
+    assert torch_loader.worker_context(2) == (None, multiprocessing.get_start_method())
+
+
+def test_imagenet_constants_are_pinned():
+    """The normalisation constants, production and reference (each defines its own), are ImageNet's."""
+    for mod in (transforms, reference_transforms):
+        assert tuple(mod.IMAGENET_MEAN) == (0.485, 0.456, 0.406), mod.__name__
+        assert tuple(mod.IMAGENET_STD) == (0.229, 0.224, 0.225), mod.__name__
+
+
+def _imports(package_dir: str, package: str) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports (at the top or inside functions), read with ast."""
+    names = {f"{package}.{f[:-3]}" if f != "__init__.py" else package
+             for f in os.listdir(package_dir) if f.endswith(".py")}
+    graph: dict[str, set[str]] = {}
+    for mod in names:
+        file = "__init__.py" if mod == package else mod.rsplit(".", 1)[1] + ".py"
+        tree = ast.parse(open(os.path.join(package_dir, file)).read())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(node.module)
+                deps |= {f"{node.module}.{a.name}" for a in node.names}
+        graph[mod] = {d for d in deps if d in names and d != mod}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["fastccreid.data", "fastccreid.bench"])
+def test_no_import_cycles(package):
+    """Within the data and bench packages no module imports (directly or through others) one that imports it."""
+    import importlib
+
+    pkg_dir = os.path.dirname(importlib.import_module(package).__file__)
+    graph = _imports(pkg_dir, package)
+    assert graph, package
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return seen
+
+    cycles = sorted(m for m in graph if m in reach(m))
+    assert not cycles, {m: sorted(graph[m]) for m in cycles}
+
+
+def test_production_data_code_never_imports_the_reference():
+    """The oracle stays an oracle: importing the input pipeline and the production scheduler loads no
+    ``fastccreid.reference`` module (fresh interpreter)."""
+    code = ("import sys; import fastccreid.data.loaders, fastccreid.data.dali, fastccreid.data.synth, "
+            "fastccreid.data.datasets, fastccreid.engine.scheduler; "
+            "print(sorted(m for m in sys.modules if m.startswith('fastccreid.reference')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_builder_input_checks(records):
@@ -321,7 +415,7 @@ def test_16bit_grayscale_png_scales_to_8_bits(tmp_path, backend):
     convert('RGB') clipped to white; both loaders agree with the 8-bit PNG of the same picture."""
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
-    a = _image(5)[..., 0]
+    a = smooth_image(5)[..., 0]
     Image.fromarray(a).save(tmp_path / "gray8.png")
     Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     with Image.open(tmp_path / "gray16.png") as im:
