@@ -163,7 +163,7 @@ def test_smr_matches_official_forward_and_backward(pool_type, h):
         torch.testing.assert_close(smr(x), _official_smr(ref, x))
 
 
-def test_cssc_train_and_eval_outputs_match_official(model):
+def test_cssc_train_outputs_match_official_and_eval_is_layout_invariant(model):
     torch.manual_seed(3)
     m = copy.deepcopy(model).train()
     ref = copy.deepcopy(model).train()
@@ -181,6 +181,98 @@ def test_cssc_train_and_eval_outputs_match_official(model):
         f_cl = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert f.shape == (4, 2048)
     torch.testing.assert_close(f, f_cl, rtol=1e-4, atol=1e-4)
+
+
+# --- eval forward vs an independent fp64 transcription ---------------------------------------------------------
+# The oracle below reads parameters by their official state_dict names and computes with torch's functional ops
+# only: it calls no module of fastccreid (nor torchvision's ResNet), so a wrong wiring in CSSC.forward / SMR.forward
+# cannot be reproduced by it. Architecture (official model/cssc.py over torchvision's resnet50): stem conv7x7/2 +
+# BN + ReLU + maxpool3x3/2, layer1-3 of Bottlenecks (stride on the 3x3 conv, 1x1 strided downsample + BN on the
+# first block), then per branch layer4[0] (stride last_stride) -> SMR -> layer4[1] -> SMR, the two branches summed
+# into layer4[2], and a global max pool: the eval output is that pooled [B, 2048] feature (no BN neck).
+
+def _o_bn(sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Eval BatchNorm from running statistics, written out: (x - mean) / sqrt(var + eps) * weight + bias."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean, var = sd[f"{p}.running_mean"].view(shape), sd[f"{p}.running_var"].view(shape)
+    return (x - mean) / torch.sqrt(var + eps) * sd[f"{p}.weight"].view(shape) + sd[f"{p}.bias"].view(shape)
+
+
+def _o_bottleneck(sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """torchvision Bottleneck (v1.5: the stride sits on the 3x3 conv)."""
+    out = torch.relu(_o_bn(sd, f"{p}.bn1", torch.nn.functional.conv2d(x, sd[f"{p}.conv1.weight"])))
+    out = torch.relu(_o_bn(sd, f"{p}.bn2", torch.nn.functional.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride,
+                                                                      padding=1)))
+    out = _o_bn(sd, f"{p}.bn3", torch.nn.functional.conv2d(out, sd[f"{p}.conv3.weight"]))
+    if f"{p}.downsample.0.weight" in sd:
+        x = _o_bn(sd, f"{p}.downsample.1",
+                  torch.nn.functional.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride))
+    return torch.relu(out + x)
+
+
+def _o_smr_eval(sd: dict[str, torch.Tensor], p: str, pool: str, x: torch.Tensor) -> torch.Tensor:
+    """Official SMR.forward in eval: x * sigmoid(W2 relu(W1 g + b1) + b2) with g the global avg / max pool."""
+    g = x.mean(dim=(2, 3)) if pool == "avg" else x.amax(dim=(2, 3))
+    hidden = torch.relu(g @ sd[f"{p}.refinement.0.weight"].T + sd[f"{p}.refinement.0.bias"])
+    gate = torch.sigmoid(hidden @ sd[f"{p}.refinement.2.weight"].T + sd[f"{p}.refinement.2.bias"])
+    return gate[:, :, None, None] * x
+
+
+def _official_cssc_eval(sd: dict[str, torch.Tensor], x: torch.Tensor, last_stride: int) -> torch.Tensor:
+    """Official CSSC.forward in eval mode: [B, 3, H, W] -> the fused max-pooled feature [B, 2048]."""
+    x = torch.nn.functional.conv2d(x, sd["backbone_before_layer4.0.weight"], stride=2, padding=3)
+    x = torch.relu(_o_bn(sd, "backbone_before_layer4.1", x))
+    x = torch.nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    for seq_idx, blocks, stride in ((4, 3, 1), (5, 4, 2), (6, 6, 2)):
+        for b in range(blocks):
+            x = _o_bottleneck(sd, f"backbone_before_layer4.{seq_idx}.{b}", x, stride if b == 0 else 1)
+    x1 = _o_smr_eval(sd, "smr_c_branch1", "avg", _o_bottleneck(sd, "backbone_layer41_branch1", x, last_stride))
+    x1 = _o_smr_eval(sd, "smr_s_branch1", "max", _o_bottleneck(sd, "backbone_layer42_branch1", x1, 1))
+    x2 = _o_smr_eval(sd, "smr_s_branch2", "max", _o_bottleneck(sd, "backbone_layer41_branch2", x, last_stride))
+    x2 = _o_smr_eval(sd, "smr_c_branch2", "avg", _o_bottleneck(sd, "backbone_layer42_branch2", x2, 1))
+    return _o_bottleneck(sd, "backbone_layer43", x1 + x2, 1).amax(dim=(2, 3))
+
+
+def _perturbed_state(m: CSSC, seed: int) -> dict[str, torch.Tensor]:
+    """fp64 copy of ``m``'s state with every tensor made distinct: random init leaves BN at identity (running mean
+    0, var 1, weight 1, bias 0), the two layer4 branches as exact copies and the refinement biases at 0, which
+    would hide a wrong BN formula, a swapped branch or a dropped bias. Conv / Linear weights get a random scale
+    (1 + 0.2 N(0, 1)) per output channel (cheap, and enough to tell the branch copies apart)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in m.state_dict().items():
+        if not v.is_floating_point():
+            out[k] = v.clone()
+            continue
+        v = v.double()
+        if k.endswith("running_var"):
+            v = 0.5 + 1.5 * torch.rand(v.shape, generator=g, dtype=torch.float64)
+        elif k.endswith("running_mean") or k.endswith(".bias"):
+            v = 0.1 * torch.randn(v.shape, generator=g, dtype=torch.float64)
+        elif k.endswith(".weight") and v.dim() == 1:  # BN scale
+            v = 0.5 + torch.rand(v.shape, generator=g, dtype=torch.float64)
+        else:
+            v = v * (1 + 0.2 * torch.randn((v.shape[0],) + (1,) * (v.dim() - 1), generator=g, dtype=torch.float64))
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("last_stride", [1, 2])
+def test_cssc_eval_forward_matches_official_fp64(model, last_stride):
+    m = model if last_stride == 1 else CSSC(NUM_CLASSES, last_stride=2, pretrained=None)
+    m = copy.deepcopy(m).double().eval()
+    sd = _perturbed_state(m, seed=5 + last_stride)
+    m.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        f = m(x)
+        f_ref = _official_cssc_eval(sd, x, last_stride)
+    assert f.dtype == torch.float64 and f.shape == (2, 2048)
+    assert f_ref.abs().max() > 0 and (f_ref[0] - f_ref[1]).abs().max() > 1e-3 * f_ref.abs().max()
+    # fp64 with the same ops in a different association (BN as x * invstd vs division): rounding ~1e-16 per op,
+    # grown through ~60 layers (seen: 3e-15 of the largest value); 1e-10 relative is far above that and far below
+    # any wiring error.
+    torch.testing.assert_close(f, f_ref, rtol=1e-10, atol=1e-10 * f_ref.abs().max().item())
 
 
 def test_too_small_input_is_a_clear_error(model):
