@@ -219,6 +219,63 @@ def test_warmup_multistep_factors():
         WarmupMultiStepLR(opt2, milestones=[30], warmup_method="exp")
 
 
+def _lr_run(cls, method: str, epochs: int = 120, start: tuple | None = None, **kw) -> list[list[float]]:
+    """Per-epoch lrs of two param groups (base 3e-4 and 1e-3) under ``cls``, stepping once per epoch as the seed.
+    ``start`` = (optimizer state, scheduler state, epoch): continue a saved run from that epoch instead."""
+    params = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.Adam([{"params": [params[0]], "lr": 3e-4}, {"params": [params[1]], "lr": 1e-3}])
+    sched = cls(opt, milestones=[40, 70], gamma=0.1, warmup_factor=0.1, warmup_iters=10, warmup_method=method, **kw)
+    first = 0
+    if start is not None:
+        opt.load_state_dict(start[0])
+        sched.load_state_dict(start[1])
+        first = start[2]
+    lrs = []
+    for _ in range(first, epochs):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    _lr_run.last = (opt.state_dict(), sched.state_dict())
+    return lrs
+
+
+@pytest.mark.parametrize("method", ["linear", "constant"])
+def test_production_scheduler_matches_the_reference(method):
+    """``fastccreid.engine.scheduler.WarmupMultiStepLR`` (written apart from the reference) gives the reference's lr
+    at every one of 120 epochs, for both warm-up methods, when resumed by ``last_epoch`` and by ``state_dict`` (each
+    side loading the other's state too: checkpoints from either keep working)."""
+    from fastccreid.engine.scheduler import WarmupMultiStepLR as Production
+
+    ref = _lr_run(WarmupMultiStepLR, method)
+    assert _lr_run(Production, method) == ref  # the same arithmetic: equal, not close
+    assert ref[0] == pytest.approx([3e-5, 1e-4])  # warmup_factor 0.1 either way
+    assert ref[5] == pytest.approx([3e-4 * 0.55, 1e-3 * 0.55] if method == "linear" else [3e-5, 1e-4])
+    assert ref[39] == pytest.approx([3e-4, 1e-3]) and ref[40] == pytest.approx([3e-5, 1e-4])
+    assert ref[119] == pytest.approx([3e-6, 1e-5])
+    # resume by last_epoch = start_epoch - 1 (the groups carry initial_lr, as after loading a checkpoint)
+    for epoch in (1, 7, 10, 40, 41, 95):
+        for cls in (Production, WarmupMultiStepLR):
+            p = nn.Parameter(torch.zeros(1))
+            opt = torch.optim.Adam([{"params": [p], "lr": 0.0, "initial_lr": 3e-4}])
+            cls(opt, milestones=[40, 70], warmup_method=method, last_epoch=epoch - 1)
+            assert opt.param_groups[0]["lr"] == ref[epoch][0], (cls.__module__, epoch)
+    # resume from saved optimizer + scheduler states, across implementations
+    for saver, loader in ((Production, Production), (WarmupMultiStepLR, Production), (Production, WarmupMultiStepLR)):
+        _lr_run(saver, method, epochs=50)
+        opt_state, sched_state = _lr_run.last
+        assert _lr_run(loader, method, start=(opt_state, sched_state, 50)) == ref[50:], (saver, loader)
+
+
+def test_production_scheduler_rejects_what_the_reference_rejects():
+    from fastccreid.engine.scheduler import WarmupMultiStepLR as Production
+
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=3e-4)
+    with pytest.raises(ValueError, match="milestones must be a list of increasing integers"):
+        Production(opt, milestones=[60, 30])
+    with pytest.raises(ValueError, match="warmup_method must be one of constant, linear, got 'exp'"):
+        Production(opt, milestones=[30], warmup_method="exp")
+
+
 # ----------------------------------------------------------------------------------------------- sampler
 
 COUNTS = {0: 8, 1: 4, 2: 2, 3: 5, 4: 12}  # chunks of K=4: 2, 1, 1 (with replacement), 1, 3 -> 8 chunks
