@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers.data_cases import PAD, corrupt_copy, make_records, smooth_image, write_formats
+from helpers.data_cases import PAD, corrupt_copy, make_records, smooth_image, truncate_file, write_formats
 from PIL import Image
 from torchvision import transforms as T  # noqa: N812
 from torchvision.transforms import functional as TF  # noqa: N812
@@ -267,6 +267,29 @@ def test_bad_image_in_a_worker_reaches_the_user_as_one_line(records, tmp_path, m
     monkeypatch.setenv(DEBUG_ENV, "1")
     err = error(1)
     assert "Original Traceback" in str(err) and path in str(err)
+
+
+def test_train_cli_names_a_corrupt_image_in_one_line(tmp_path):
+    """``fastccreid train --loader torch -j 2`` on a synthetic LTCC with one truncated training image: exit 2 and a
+    message naming the file, without torch's worker traceback."""
+    from fastccreid.data import build_dataset
+    from fastccreid.data.synth import make_synthetic
+
+    root = make_synthetic("ltcc", str(tmp_path / "ltcc"), ids=8, seed=0, clothes=2, cams=2, images_per=2,
+                          size=(128, 32))
+    train = build_dataset("ltcc", root).train
+    first = IdentitySampler([r.pid for r in train], 8, 4, seed=1).epoch_indices(0)[0]  # in the first batch: no step
+    path = truncate_file(train[first].path)
+    env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
+    argv = [sys.executable, "-m", "fastccreid", "train", "--dataset", "ltcc", "--dataset_root", root,
+            "--dataset_filename", "", "--height", "128", "--width", "32", "--train_batch", "8", "--num_instances", "4",
+            "--test_batch", "16", "-j", "2", "--pretrained", "none", "--use_cpu", "--no_progress", "--loader",
+            "torch", "--save_dir", str(tmp_path / "run"), "--max_epoch", "1", "--eval_epoch", "-1", "--seed", "1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert path in proc.stderr and "cannot read image" in proc.stderr, proc.stderr[-3000:]
+    assert "Original Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_num_workers_capped_at_the_cpus_this_process_may_use(records, capsys, recwarn):
