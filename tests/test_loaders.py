@@ -66,7 +66,7 @@ def test_to_model_input_normalizes_and_erases_exactly():
     assert y.is_contiguous() and (y - torch.stack([_ref_normalize(Image.fromarray(a.numpy())) for a in u8])
                                   ).abs().max() < 1e-5
     assert torch.equal(to_model_input(ref, channels_last=False), ref)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="to_model_input takes a Batch or a torch.Tensor, got ndarray"):
         to_model_input(u8.numpy())
 
 

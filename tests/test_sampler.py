@@ -10,6 +10,7 @@ import pytest
 
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
+from fastccreid.reference.sampler import RandomIdentitySampler
 
 
 def _pids(counts: list[int]) -> list[int]:
@@ -125,24 +126,17 @@ def test_epoch_statistics_match_seed_algorithm():
         assert abs(ours_mean - seed_mean) <= 0.25 * (max(c, k) // k * k) + 0.5, (pid, ours_mean, seed_mean)
 
 
-def test_matches_reference_sampler_when_available():
-    """If the reference (seed) sampler exists, its epoch length distribution agrees with ours."""
-    ref = pytest.importorskip("fastccreid.reference.sampler")
+@pytest.mark.parametrize("items", ["tuples", "records"])
+def test_matches_reference_sampler(items):
+    """The reference (seed) sampler's epoch length distribution agrees with ours; it takes the seed's
+    (path, pid, clothes, cam) tuples and ImageRecords alike (an error there fails, never skips)."""
     pids = _pids(COUNTS)
     random.seed(0)
     np.random.seed(0)
-    seed_len = None
-    # The seed's sampler takes (path, pid, clothes, cam) tuples; a port may take ImageRecords instead.
-    for data in ([(f"img{i}.png", p, 0, 0) for i, p in enumerate(pids)],
-                 [ImageRecord(f"img{i}.png", p, 0, 0) for i, p in enumerate(pids)]):
-        try:
-            sampler = ref.RandomIdentitySampler(data, batch_size=16, num_instances=4)
-            seed_len = np.array([len(list(iter(sampler))) for _ in range(200)])
-            break
-        except (TypeError, AttributeError, ValueError):
-            continue
-    if seed_len is None:
-        pytest.skip("reference RandomIdentitySampler takes neither tuples nor ImageRecords")
+    data = ([(f"img{i}.png", p, 0, 0) for i, p in enumerate(pids)] if items == "tuples"
+            else [ImageRecord(f"img{i}.png", p, 0, 0) for i, p in enumerate(pids)])
+    sampler = RandomIdentitySampler(data, batch_size=16, num_instances=4)
+    seed_len = np.array([len(list(iter(sampler))) for _ in range(200)])
     ours_len = np.array([len(IdentitySampler(pids, 16, 4, seed=0).epoch_indices(e)) for e in range(200)])
     assert set(seed_len % 16) == {0}
     assert abs(ours_len.mean() - seed_len.mean()) <= 4 * (ours_len.std() + seed_len.std()) / np.sqrt(200) + 1e-9
