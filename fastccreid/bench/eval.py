@@ -50,38 +50,11 @@ def make_features(nq: int, ng: int, nid: int, d: int = D, seed: int = 0, dtype=t
 
 
 def _reference_eval(qf, gf, qp, gp, qc, gc):
-    try:
-        from fastccreid.reference.evaluation import evaluate as ref_evaluate
-        from fastccreid.reference.evaluation import get_distmat
-    except ImportError:  # the reference package not present: the seed's two functions, transcribed
-        return _seed_transcription(qf, gf, qp, gp, qc, gc)
+    """The seed's evaluation (``fastccreid.reference``): dense fp32 distances, argsort, per-query loop."""
+    from fastccreid.reference.evaluation import evaluate as ref_evaluate
+    from fastccreid.reference.evaluation import get_distmat
+
     return ref_evaluate(get_distmat(qf, gf), qp, gp, qc, gc)
-
-
-def _seed_transcription(qf, gf, qp, gp, qc, gc, max_rank=50):
-    qf = 1.0 * qf / (torch.norm(qf, 2, dim=-1, keepdim=True).expand_as(qf) + 1e-12)
-    gf = 1.0 * gf / (torch.norm(gf, 2, dim=-1, keepdim=True).expand_as(gf) + 1e-12)
-    m, n = qf.size(0), gf.size(0)
-    distmat = torch.pow(qf, 2).sum(dim=1, keepdim=True).expand(m, n) + \
-        torch.pow(gf, 2).sum(dim=1, keepdim=True).expand(n, m).t()
-    distmat.addmm_(qf, gf.t(), beta=1, alpha=-2)
-    distmat = distmat.numpy()
-    indices = np.argsort(distmat, axis=1)
-    matches = (gp[indices] == qp[:, np.newaxis]).astype(np.int32)
-    all_cmc, all_ap = [], []
-    for i in range(m):
-        order = indices[i]
-        keep = np.invert((gp[order] == qp[i]) & (gc[order] == qc[i]))
-        raw = matches[i][keep]
-        if not np.any(raw):
-            continue
-        cmc = raw.cumsum()
-        cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
-        tmp = raw.cumsum()
-        tmp = np.asarray([x / (j + 1.0) for j, x in enumerate(tmp)]) * raw
-        all_ap.append(tmp.sum() / raw.sum())
-    return np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_ap), np.mean(all_ap)
 
 
 def fast_eval(qf, gf, qp, gp, qc, gc):

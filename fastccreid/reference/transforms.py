@@ -15,6 +15,8 @@ import random
 import torch
 from torchvision import transforms as T  # noqa: N812
 
+# The oracle's own copy of the constants (production defines its own in ``fastccreid.data.transforms``; an oracle
+# shares no code with what it checks). tests/test_loaders.py pins both to these literals.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
