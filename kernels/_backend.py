@@ -49,3 +49,12 @@ def resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
                 "use backend='torch' or 'auto' for CPU tensors"
             )
     return backend
+
+
+def kernel_backend(backend: str | None, *tensors: torch.Tensor) -> str:
+    """``resolve_backend``, except that fp64 tensors always take "torch": the Triton kernels compute in fp32, and
+    fp64 input is computed in fp64 on the torch path (pairwise, triplet, rank_stats and topk all route this way)."""
+    chosen = resolve_backend(backend, *tensors)
+    if chosen == "triton" and any(t.dtype == torch.float64 for t in tensors):
+        return "torch"
+    return chosen

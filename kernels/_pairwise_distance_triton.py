@@ -16,26 +16,57 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import METRIC_CODES, distance_backward, distance_torch
 
 _METRIC_NAMES = {v: k for k, v in METRIC_CODES.items()}
+
+
+# fp32 inputs multiply with IEEE FMAs (no tensor cores): their operand tiles live in registers, so BLOCK_K stays at
+# 16 (32 and 64 spill on sm_80 / sm_90). fp16 / bf16 use tensor-core MMAs and keep wider K steps.
+IEEE_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8}, num_warps=4, num_stages=3),
+]
+MMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
+]
+
+
+def gpu_configs(ieee: bool) -> list[triton.Config]:
+    """The configs autotuning picks from on a GPU for fp32 IEEE (``ieee``) or fp16 / bf16 inputs (each compiled
+    for sm_80 / sm_90 in tests/test_triton_compile.py)."""
+    return IEEE_CONFIGS if ieee else MMA_CONFIGS
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune only the configs of this launch's path (IEEE fp32 or tensor-core fp16 / bf16)."""
+    ieee = kwargs.get("IEEE", named_args.get("IEEE"))
+    # matched by value: torch.compile hands the pruner copies of the configs
+    wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
+    keep = [c for c in configs if _config_key(c) in wanted]
+    return keep or configs  # (the interpreter's single config is in neither list)
+
+
+def _config_key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
 
 
 def _configs() -> list[triton.Config]:
     if triton_interpret():
         # the interpreter runs every config it is given: one small config keeps CPU tests fast
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=1)]
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
-    ]
+    return IEEE_CONFIGS + MMA_CONFIGS
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "METRIC", "IEEE"])
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "METRIC", "IEEE"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _pairwise_kernel(
     x_ptr, y_ptr, out_ptr, M, N, K,
@@ -61,27 +92,36 @@ def _pairwise_kernel(
     acc, xsq, ysq = gram_tile(x_ptr, y_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_xk, stride_ym, stride_yk,
                               IEEE, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_K)
 
+    # correctly rounded sqrt / division (tl.sqrt and "/" compile to approximate PTX on a GPU): torch parity
     if METRIC == 2:
-        nx = tl.maximum(tl.sqrt(xsq), NORM_EPS)
-        ny = tl.maximum(tl.sqrt(ysq), NORM_EPS)
-        d = 1.0 - acc / (nx[:, None] * ny[None, :])
+        nx = tl.maximum(tl.sqrt_rn(xsq), NORM_EPS)
+        ny = tl.maximum(tl.sqrt_rn(ysq), NORM_EPS)
+        d = 1.0 - tl.div_rn(acc, nx[:, None] * ny[None, :])
     else:
         d = (xsq[:, None] + ysq[None, :]) - 2.0 * acc
         if METRIC == 1:
-            d = tl.sqrt(tl.maximum(d, SQ_FLOOR))
+            d = tl.sqrt_rn(tl.maximum(d, SQ_FLOOR))
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on, d, mask=m_ok[:, None] & n_ok[None, :])
+
+
+def pairwise_grid(m: int, n: int, block_m: int, block_n: int) -> tuple[int]:
+    """One flattened axis of output tiles (the kernel orders them in groups of GROUP_M row tiles)."""
+    return check_grid((triton.cdiv(m, block_m) * triton.cdiv(n, block_n),), "pairwise_distance")
 
 
 def pairwise_distance_launch(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
     """Launch the kernel: x [M, D], y [N, D] (fp32 / fp16 / bf16) -> fp32 [M, N]."""
     if x.dtype != y.dtype:
         x, y = x.float(), y.float()
+    same = y is x
+    x = aligned_rows(x)
+    y = x if same else aligned_rows(y)
     m, k = x.shape
     n = y.shape[0]
     out = torch.empty((m, n), dtype=torch.float32, device=x.device)
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        return pairwise_grid(m, n, meta["BLOCK_M"], meta["BLOCK_N"])
 
     wrap_triton(_pairwise_kernel)[grid](
         x, y, out, m, n, k,

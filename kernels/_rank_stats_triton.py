@@ -19,12 +19,23 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels._triton_gram import sqeuclid_tile
+from fastccreid.kernels._triton_gram import GRID_YZ_MAX, aligned_rows, check_grid, sqeuclid_tile
 from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
 from fastccreid.kernels.rank_stats import PidIndex, finish_stats, stats_from_hist
 from fastccreid.kernels.seed_distance import sq_norms
 
 __all__ = ["JUNK_CODES", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
+
+
+# Tiles of both kernels (queries x gallery items x feature block); num_warps / num_stages are Triton's launch defaults.
+BLOCK_Q, BLOCK_G, BLOCK_K = 16, 32, 32
+
+
+def launch_configs(kernel: str) -> list[triton.Config]:
+    """Every config the launcher runs ``kernel`` ("same_pid" / "place") with (compiled in tests/test_triton_compile)."""
+    if kernel not in ("same_pid", "place"):
+        raise ValueError(f"kernel must be 'same_pid' or 'place', got {kernel!r}")
+    return [triton.Config({"BQ": BLOCK_Q, "BG": BLOCK_G, "BK": BLOCK_K}, num_warps=4, num_stages=3)]
 
 
 @triton.jit
@@ -48,9 +59,10 @@ def _same_pid_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, slot_ptr, out
 
 @triton.jit
 def _place_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, ms_ptr, msi_ptr, nm_ptr, hist_ptr, NQ, NG, D, RP,
-                  stride_q, stride_g, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
-    pid_q = tl.program_id(0)
-    pid_g = tl.program_id(1)
+                  stride_q, stride_g, Q0, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    # gallery tiles on axis 0 (CUDA allows 2^31 - 1 blocks there); query blocks Q0 + axis 1 (at most 65,535 a launch)
+    pid_g = tl.program_id(0)
+    pid_q = Q0 + tl.program_id(1)
     offs_q = pid_q * BQ + tl.arange(0, BQ)
     mask_q = offs_q < NQ
     offs_g = pid_g * BG + tl.arange(0, BG)
@@ -71,12 +83,27 @@ def _place_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, ms_ptr, msi_ptr,
     tl.atomic_add(hist_ptr + offs_q.to(tl.int64)[:, None] * (RP + 1) + p, 1, mask=live)
 
 
-def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, block_g: int = 32, block_k: int = 32):
+def same_pid_grid(nq: int, block_q: int) -> tuple[int]:
+    """One axis of query blocks (each program streams over the gallery)."""
+    return check_grid((triton.cdiv(nq, block_q),), "rank_stats (same-pid pass)")
+
+
+def place_grids(nq: int, ng: int, block_q: int, block_g: int) -> list[tuple[int, tuple[int, int]]]:
+    """(first query block, grid) of each placement launch: gallery tiles on axis 0, at most 65,535 query blocks on
+    axis 1 per launch, so neither axis can pass CUDA's limits."""
+    nqb = triton.cdiv(nq, block_q)
+    ngt = triton.cdiv(ng, block_g)
+    return [(q0, check_grid((ngt, min(GRID_YZ_MAX, nqb - q0)), "rank_stats (placement pass)"))
+            for q0 in range(0, nqb, GRID_YZ_MAX)]
+
+
+def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
+                      block_k: int = BLOCK_K):
     """Triton rank statistics for squared euclidean features -> (first_rank, ap, inp, nmatch) [Q] each."""
-    q = q.contiguous()
-    g = g.contiguous()
-    nq, d = q.shape
-    ng = g.shape[0]
+    nq, ng = q.shape[0], g.shape[0]
+    q = aligned_rows(q)
+    g = aligned_rows(g)
+    d = q.shape[1]
     qq = sq_norms(q.float()).contiguous()
     gg = sq_norms(g.float()).contiguous()
     index = PidIndex(gp)
@@ -87,9 +114,8 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     start = torch.searchsorted(index.sorted_pids, index.sorted_pids, side="left")
     slot[index.order] = torch.arange(ng, device=g.device) - start
     same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(nq, block_q),)
-    wrap_triton(_same_pid_kernel)[grid](q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0),
-                                        BQ=block_q, BG=block_g, BK=block_k)
+    wrap_triton(_same_pid_kernel)[same_pid_grid(nq, block_q)](
+        q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
     # a query without any same-pid gallery item has lo == G: point its (all-padding) row at item 0, never a match
     m = index.gather(torch.where(cnt > 0, lo, torch.zeros_like(lo)), cnt, qc, gc, qcl, gcl, junk)
     if m.idx.shape[1] < rp:  # index.gather pads to max(cnt) too; keep widths equal
@@ -99,9 +125,10 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = 16, b
     msidx = m.idx.gather(1, order).contiguous()
     nmatch = m.is_match.sum(1)
     hist = torch.zeros(nq, rp + 1, dtype=torch.int32, device=q.device)
-    grid = (triton.cdiv(nq, block_q), triton.cdiv(ng, block_g))
-    wrap_triton(_place_kernel)[grid](q, g, qq, gg, qp, gp, ms.contiguous(), msidx, nmatch, hist, nq, ng, d, rp,
-                                     q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
+    ms = ms.contiguous()
+    for q0, grid in place_grids(nq, ng, block_q, block_g):
+        wrap_triton(_place_kernel)[grid](q, g, qq, gg, qp, gp, ms, msidx, nmatch, hist, nq, ng, d, rp,
+                                         q.stride(0), g.stride(0), q0, BQ=block_q, BG=block_g, BK=block_k)
     return stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
 
 

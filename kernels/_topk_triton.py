@@ -12,6 +12,7 @@ the torch path as its CPU kernel and a shape-only fake, so torch.compile traces 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -19,19 +20,61 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels._triton_gram import sqeuclid_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, sqeuclid_tile
 from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
 from fastccreid.kernels.seed_distance import sq_norms
 
 _MAX_KEY = 2**63 - 1
 
 
+# A tile keeps at most MAX_TILE_G keys: a larger sorted register tile spills (and k = 1000 as one [16, 1024] tile
+# did not finish compiling). For k > MAX_TILE_G every tile keeps all its keys and torch selects the k best of them.
+TILE_G, MAX_TILE_G = 64, 128
+
+
+@dataclasses.dataclass(frozen=True)
+class TileLaunch:
+    """Constexprs and launch options of one ``_tile_topk_kernel`` launch (BQ queries x BG gallery items, BK
+    features per dot, the first KP sorted keys of each tile kept)."""
+
+    BQ: int
+    BG: int
+    BK: int
+    KP: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def constexprs(self) -> dict:
+        return {"BQ": self.BQ, "BG": self.BG, "BK": self.BK, "KP": self.KP}
+
+
+def tile_launch(k: int) -> TileLaunch:
+    """The tile shape for top-``k``: KP = the power of two >= min(k, BG); BG grows with k up to MAX_TILE_G."""
+    bg = TILE_G
+    if k > TILE_G:  # each tile must be able to contribute k candidates, as far as the tile size allows
+        bg = min(1 << (k - 1).bit_length(), MAX_TILE_G)
+    kp = 1
+    while kp < min(k, bg):
+        kp *= 2
+    return TileLaunch(BQ=16, BG=bg, BK=32, KP=kp)
+
+
+def launch_configs() -> list[TileLaunch]:
+    """Every launch ``tile_launch`` can return (each compiled in tests/test_triton_compile.py)."""
+    out, k = [], 1
+    while k <= 2 * MAX_TILE_G:
+        if tile_launch(k) not in out:
+            out.append(tile_launch(k))
+        k *= 2
+    return out
+
+
 @triton.jit
 def _tile_topk_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, qc_ptr, gc_ptr, qcl_ptr, gcl_ptr, out_ptr,
                       NQ, NG, D, NT, stride_q, stride_g, JUNK: tl.constexpr, BQ: tl.constexpr, BG: tl.constexpr,
                       BK: tl.constexpr, KP: tl.constexpr):
-    pid_q = tl.program_id(0)
-    pid_g = tl.program_id(1)
+    pid_g = tl.program_id(0)  # gallery tiles on axis 0: CUDA allows 2^31 - 1 blocks there, 65,535 on axis 1
+    pid_q = tl.program_id(1)
     offs_q = pid_q * BQ + tl.arange(0, BQ)
     mask_q = offs_q < NQ
     offs_g = pid_g * BG + tl.arange(0, BG)
@@ -71,19 +114,24 @@ def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(bad, torch.full_like(vals, math.inf), vals), torch.where(bad, torch.full_like(idx, -1), idx)
 
 
-def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64, block_k: int = 32,
-                chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_grid(n: int, ng: int, launch: TileLaunch) -> tuple[int, int]:
+    """Gallery tiles on axis 0 (up to 2^31 - 1), the chunk's query blocks on axis 1 (n <= the chunk size)."""
+    return check_grid((triton.cdiv(ng, launch.BG), triton.cdiv(n, launch.BQ)), "topk_ranking")
+
+
+def _chunk(nt: int, kp: int, budget: int = 1 << 28) -> int:
+    """Queries per launch: at most 256, and the chunk's [n, tiles, KP] int64 keys within ``budget`` bytes."""
+    return max(1, min(256, budget // (8 * nt * kp)))
+
+
+def topk_triton(q, g, k: int, labels, junk) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest gallery items per query with the Triton tile kernel -> values [Q, k], indices [Q, k]."""
-    q = q.float().contiguous()
-    g = g.float().contiguous()
-    nq, d = q.shape
+    nq = q.shape[0]
     ng = g.shape[0]
-    kp = 1
-    while kp < min(k, block_g):
-        kp *= 2
-    if k > block_g:  # each tile must be able to contribute k candidates
-        block_g = 1 << (k - 1).bit_length()
-        kp = block_g
+    q = aligned_rows(q.float())
+    g = aligned_rows(g.float())
+    d = q.shape[1]
+    launch = tile_launch(k)
     qq, gg = sq_norms(q).contiguous(), sq_norms(g).contiguous()
     dummy = torch.zeros(1, dtype=torch.int64, device=q.device)
     if labels is not None:
@@ -93,18 +141,21 @@ def topk_triton(q, g, k: int, labels, junk, block_q: int = 16, block_g: int = 64
     else:
         qp = gp = qc = gc = qcl = gcl = dummy
     junk_code = JUNK_CODES[junk]
-    nt = triton.cdiv(ng, block_g)
+    nt = triton.cdiv(ng, launch.BG)
+    kp = launch.KP
     vals = torch.full((nq, k), math.inf, dtype=torch.float32, device=q.device)
     inds = torch.full((nq, k), -1, dtype=torch.int64, device=q.device)
+    chunk = _chunk(nt, kp)
     for s in range(0, nq, chunk):
         e = min(nq, s + chunk)
         n = e - s
         keys = torch.empty(n, nt, kp, dtype=torch.int64, device=q.device)
-        grid = (triton.cdiv(n, block_q), nt)
         lab = (qp[s:e], gp, qc[s:e], gc, qcl[s:e] if junk == "ltcc-cc" else dummy, gcl) if labels is not None \
             else (dummy,) * 6
-        wrap_triton(_tile_topk_kernel)[grid](q[s:e], g, qq[s:e], gg, *lab, keys, n, ng, d, nt, q.stride(0), g.stride(0),
-                                            JUNK=junk_code, BQ=block_q, BG=block_g, BK=block_k, KP=kp)
+        wrap_triton(_tile_topk_kernel)[topk_grid(n, ng, launch)](
+            q[s:e], g, qq[s:e], gg, *lab, keys, n, ng, d, nt, q.stride(0), g.stride(0), JUNK=junk_code,
+            **launch.constexprs(), num_warps=launch.num_warps, num_stages=launch.num_stages)
+        # k > KP (k beyond MAX_TILE_G): every tile kept all its keys, so the chunk's row holds the whole gallery
         flat = keys.view(n, nt * kp)
         kk = min(k, flat.shape[1])
         best = torch.topk(flat, kk, dim=1, largest=False, sorted=True).values

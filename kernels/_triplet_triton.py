@@ -18,24 +18,51 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import SQ_FLOOR
 from fastccreid.kernels.triplet import mine_torch, mining_backward
+
+# fp32 inputs multiply with IEEE FMAs whose operand tiles live in registers (next to the running max / min state):
+# narrow K steps; fp16 / bf16 use tensor-core MMAs. Every config compiles without spills for sm_80 / sm_90.
+IEEE_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+]
+MMA_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+]
+
+
+def gpu_configs(ieee: bool) -> list[triton.Config]:
+    """The configs autotuning picks from on a GPU for fp32 IEEE (``ieee``) or fp16 / bf16 inputs (each compiled
+    for sm_80 / sm_90 in tests/test_triton_compile.py)."""
+    return IEEE_CONFIGS if ieee else MMA_CONFIGS
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotune only the configs of this launch's path (IEEE fp32 or tensor-core fp16 / bf16)."""
+    ieee = kwargs.get("IEEE", named_args.get("IEEE"))
+    # matched by value: torch.compile hands the pruner copies of the configs
+    wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
+    keep = [c for c in configs if _config_key(c) in wanted]
+    return keep or configs  # (the interpreter's single config is in neither list)
+
+
+def _config_key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
 
 
 def _configs() -> list[triton.Config]:
     if triton_interpret():
         # the interpreter runs every config it is given: one small config keeps CPU tests fast
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, num_warps=1)]
-    return [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
-    ]
+    return IEEE_CONFIGS + MMA_CONFIGS
 
 
-@triton.autotune(configs=_configs(), key=["B", "K", "IEEE"])
+@triton.autotune(configs=_configs(), key=["B", "K", "IEEE"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _batch_hard_kernel(
     x_ptr, lab_ptr, d_ap_ptr, d_an_ptr, pos_ptr, neg_ptr, same_ptr, B, K, stride_xm, stride_xk,
@@ -49,9 +76,10 @@ def _batch_hard_kernel(
 
     best_p = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     best_n = tl.full((BLOCK_M,), float("inf"), tl.float32)
-    idx_p = tl.full((BLOCK_M,), -1, tl.int64)
-    idx_n = tl.full((BLOCK_M,), -1, tl.int64)
-    n_same = tl.zeros((BLOCK_M,), tl.int64)
+    # int32 running state (B < 2^31 rows; widened at the store): fewer registers next to the Gram tile
+    idx_p = tl.full((BLOCK_M,), -1, tl.int32)
+    idx_n = tl.full((BLOCK_M,), -1, tl.int32)
+    n_same = tl.zeros((BLOCK_M,), tl.int32)
 
     for n0 in range(0, B, BLOCK_N):
         rn = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -65,32 +93,40 @@ def _batch_hard_kernel(
         lab_n = tl.load(lab_ptr + rn, mask=n_ok, other=0)
         same = (lab_m[:, None] == lab_n[None, :]) & n_ok[None, :]
         diff = (lab_m[:, None] != lab_n[None, :]) & n_ok[None, :]
-        n_same += tl.sum(same.to(tl.int64), axis=1)
+        n_same += tl.sum(same.to(tl.int32), axis=1)
 
         pos = tl.where(same, s, float("-inf"))
         blk_max = tl.max(pos, axis=1)
-        arg_max = tl.argmax(pos, axis=1, tie_break_left=True).to(tl.int64) + n0
+        arg_max = tl.argmax(pos, axis=1, tie_break_left=True) + n0
         better = blk_max > best_p  # strict: an earlier block keeps its tie
         best_p = tl.where(better, blk_max, best_p)
         idx_p = tl.where(better, arg_max, idx_p)
 
         neg = tl.where(diff, s, float("inf"))
         blk_min = tl.min(neg, axis=1)
-        arg_min = tl.argmin(neg, axis=1, tie_break_left=True).to(tl.int64) + n0
+        arg_min = tl.argmin(neg, axis=1, tie_break_left=True) + n0
         better = blk_min < best_n
         best_n = tl.where(better, blk_min, best_n)
         idx_n = tl.where(better, arg_min, idx_n)
 
-    tl.store(d_ap_ptr + rm, tl.sqrt(best_p), mask=m_ok)
-    tl.store(d_an_ptr + rm, tl.sqrt(best_n), mask=m_ok)
-    tl.store(pos_ptr + rm, idx_p, mask=m_ok)
-    tl.store(neg_ptr + rm, idx_n, mask=m_ok)
-    tl.store(same_ptr + rm, n_same, mask=m_ok)
+    # correctly rounded sqrt (tl.sqrt is approximate on a GPU): d_ap / d_an match torch's bits
+    tl.store(d_ap_ptr + rm, tl.sqrt_rn(best_p), mask=m_ok)
+    tl.store(d_an_ptr + rm, tl.sqrt_rn(best_n), mask=m_ok)
+    tl.store(pos_ptr + rm, idx_p.to(tl.int64), mask=m_ok)
+    tl.store(neg_ptr + rm, idx_n.to(tl.int64), mask=m_ok)
+    tl.store(same_ptr + rm, n_same.to(tl.int64), mask=m_ok)
+
+
+def batch_hard_grid(b: int, block_m: int) -> tuple[int]:
+    """One axis of anchor-row blocks (each program streams over all column blocks)."""
+    return check_grid((triton.cdiv(b, block_m),), "batch_hard_mining")
 
 
 def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
     """Launch the kernel: x [B, D] (fp32 / fp16 / bf16), labels [B] int64 -> d_ap, d_an fp32, pos, neg, n_same."""
-    b, k = x.shape
+    b = x.shape[0]
+    x = aligned_rows(x)
+    k = x.shape[1]
     dev = x.device
     d_ap = torch.empty(b, dtype=torch.float32, device=dev)
     d_an = torch.empty(b, dtype=torch.float32, device=dev)
@@ -99,7 +135,7 @@ def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
     n_same = torch.empty(b, dtype=torch.int64, device=dev)
 
     def grid(meta):
-        return (triton.cdiv(b, meta["BLOCK_M"]),)
+        return batch_hard_grid(b, meta["BLOCK_M"])
 
     wrap_triton(_batch_hard_kernel)[grid](
         x, labels, d_ap, d_an, pos, neg, n_same, b, k, x.stride(0), x.stride(1),

@@ -11,6 +11,30 @@ import triton.language as tl
 
 from fastccreid.kernels._backend import triton_interpret
 
+# CUDA's grid limits: axis 0 up to 2^31 - 1 blocks, axes 1 and 2 up to 65,535.
+GRID_X_MAX, GRID_YZ_MAX = 2**31 - 1, 65_535
+
+
+def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """Return ``grid`` if every axis is within CUDA's limits, else raise ValueError naming the launch."""
+    limits = (GRID_X_MAX, GRID_YZ_MAX, GRID_YZ_MAX)
+    if len(grid) > 3 or any(n < 0 or n > lim for n, lim in zip(grid, limits, strict=False)):
+        raise ValueError(f"{what}: launch grid {grid} exceeds CUDA's limits (x <= {GRID_X_MAX}, y, z <= {GRID_YZ_MAX})")
+    return grid
+
+
+def aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [N, D] in the layout the kernels are compiled and checked for: contiguous, 16-byte aligned, D a multiple
+    of 16 (zero columns appended: they add exactly 0 to dot products and norms). A D % 16 != 0 or a strided view
+    would compile to scalar loads that spill registers (tests/test_triton_compile.py). No copy when already so."""
+    n, d = x.shape
+    d16 = max(16, -(-d // 16) * 16)
+    if d == d16 and x.is_contiguous() and (x.storage_offset() * x.element_size()) % 16 == 0:
+        return x
+    out = x.new_zeros((n, d16))
+    out[:, :d] = x
+    return out
+
 
 def dot_fp32(dtype: torch.dtype) -> bool:
     """bf16 ``tl.dot`` gives wrong results in the Triton interpreter (triton 3.x): there, upcast tiles to fp32."""

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from fastccreid.kernels._backend import resolve_backend
+from fastccreid.kernels._backend import kernel_backend
 from fastccreid.kernels.checks import JUNK_CODES, check_positive_int, check_rank_inputs
 from fastccreid.kernels.seed_distance import chunk_distance, chunk_rows, gallery_cache
 
@@ -62,7 +62,7 @@ def topk_ranking(
     check_positive_int(k, "k")
     dm, q, g, nq, ng, device, labels = inp.dm, inp.q, inp.g, inp.nq, inp.ng, inp.device, inp.labels
     tensors = (dm,) if metric == "precomputed" else (q, g)
-    if resolve_backend(backend, *tensors) == "triton" and metric == "sqeuclidean":
+    if kernel_backend(backend, *tensors) == "triton" and metric == "sqeuclidean":
         if q.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
             from fastccreid.kernels._topk_triton import topk_op
 

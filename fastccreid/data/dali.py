@@ -56,7 +56,9 @@ def dali_status(device: torch.device) -> tuple[bool, str]:
     version = nvidia.dali.__version__
     if device.type != "cuda":
         return True, f"DALI {version} in CPU mode"
-    dali_cuda = int(getattr(backend, "__cuda_version__", 0)) // 1000
+    from fastccreid.doctor import dali_cuda_major  # DALI's own encoding: 12.1.105 -> 121105 -> major 12
+
+    dali_cuda = dali_cuda_major(getattr(backend, "__cuda_version__", 0))
     torch_cuda = torch.version.cuda
     if torch_cuda is None:
         return False, "torch has no CUDA build"

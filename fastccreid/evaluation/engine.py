@@ -15,7 +15,7 @@ import torch
 
 from fastccreid.evaluation.gallery import TILE, Gallery, tiled_chunk_stats
 from fastccreid.evaluation.workspace import Workspace
-from fastccreid.kernels._backend import resolve_backend
+from fastccreid.kernels._backend import kernel_backend
 from fastccreid.kernels.checks import JUNK_CODES, check_choice, check_rank_inputs, require_finite
 from fastccreid.kernels.rank_stats import METRICS, PRECISIONS, PidIndex, RankStats, chunk_stats, finish_stats
 from fastccreid.kernels.seed_distance import (
@@ -61,7 +61,7 @@ def rank_stats(
     else:
         require_finite(q)  # the gallery is checked below, in its own pass where it is streamed once
         tensors = (q, g)
-    use_triton = resolve_backend(backend, *tensors) == "triton"
+    use_triton = kernel_backend(backend, *tensors) == "triton"  # fp64 stays on the torch path, in fp64
     if use_triton and metric == "sqeuclidean":
         require_finite(g)
         from fastccreid.kernels._rank_stats_triton import rank_stats_triton
