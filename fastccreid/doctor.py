@@ -450,14 +450,15 @@ def cuda_checks(device: torch.device) -> list[Check]:
 
 
 def default_checks() -> list[Check]:
-    """Every check this machine can run."""
+    """Every check this machine can run: the CPU twins, then the compiled Triton kernels and the other CUDA
+    checks on a GPU, else the Triton kernels under the interpreter."""
     from fastccreid.kernels._backend import triton_available
 
     checks = cpu_checks()
-    if triton_available():
-        checks.append(interpreter_check())
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the compiled kernels are checked there; the interpreter would add a minute
         checks += cuda_checks(torch.device("cuda", torch.cuda.current_device()))
+    elif triton_available():
+        checks.append(interpreter_check())
     return checks
 
 
