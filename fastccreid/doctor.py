@@ -392,7 +392,7 @@ def _no_sync(device) -> tuple[bool, str]:
     return bool(torch.isfinite(loss).item()), "no synchronizing call in a steady-state step"
 
 
-def _dali_decode(device) -> tuple[bool, str]:
+def _dali_decode(device, decoder: str = "mixed") -> tuple[bool, str]:
     """DALI's mixed decode (nvJPEG on the GPU) against the CPU decode of the same JPEG (PIL / libjpeg-turbo):
     different IDCTs, so equal within a few grey levels. Also flipped (``fn.flip``) and shifted (``fn.crop``)."""
     import io
@@ -407,15 +407,17 @@ def _dali_decode(device) -> tuple[bool, str]:
     data = np.frombuffer(buf.getvalue(), dtype=np.uint8)
     cpu = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).astype(np.int16)
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=device.index or 0)
+    gpu = decoder == "mixed"
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=(device.index or 0) if gpu else None)
     def pipe():
         enc = fn.external_source(source=lambda: [data], batch=True, dtype=types.UINT8)
-        img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
+        img = fn.decoders.image(enc, device=decoder, output_type=types.RGB)
         return img, fn.flip(img, horizontal=1), fn.crop(img, crop=(96, 48), crop_pos_x=0.0, crop_pos_y=0.0)
 
     p = pipe()
     p.build()
-    img, flipped, cropped = (o.as_cpu().at(0).astype(np.int16) for o in p.run())
+    img, flipped, cropped = ((o.as_cpu() if gpu else o).at(0).astype(np.int16) for o in p.run())
     diffs = {"decode": np.abs(img - cpu), "flip": np.abs(flipped - cpu[:, ::-1]),
              "crop": np.abs(cropped - cpu[:96, :48])}
     worst = {k: float(v.mean()) for k, v in diffs.items()}

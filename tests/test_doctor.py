@@ -100,3 +100,18 @@ def test_a_raising_check_is_a_failure_not_a_crash():
     res = doctor.run_checks([doctor.Check("boom", boom)])
     assert not res[0].ok and "kernel exploded" in res[0].detail
     assert doctor.run_doctor(checks=[doctor.Check("boom", boom)], out=lambda s: None) == 1
+
+
+# The CUDA branch's helpers, run where a CPU can run them (the same code the GPU checks call)
+
+@pytest.mark.dali
+def test_dali_decode_check_pipeline_on_cpu():
+    pytest.importorskip("nvidia.dali")
+    ok, detail = doctor._dali_decode(torch.device("cpu"), decoder="cpu")
+    assert ok, detail  # DALI's CPU decoder is libjpeg-turbo, as PIL: equal; flip / crop compare against the same
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_train_step_helper_on_cpu(amp):
+    ok, detail = doctor._train_steps(torch.device("cpu"), amp, steps=2)
+    assert ok and detail.startswith(amp), detail
