@@ -1,5 +1,5 @@
 """pairwise_distance: parity with the seed's euclidean_dist and plain formulas, dtypes, gradients, validation,
-torch.compile, and the Triton kernel under TRITON_INTERPRET=1 (in a subprocess, so triton is imported there only).
+torch.compile (the Triton kernel: tests/triton/test_triton_pairwise.py).
 
 Tolerances: fp32 vs the reference 1e-5 relative + 1e-5 absolute (one matmul, different summation order); fp16 / bf16
 inputs are compared with the fp32 result on the same (upcast) values, since both paths compute in fp32.
@@ -7,11 +7,9 @@ inputs are compared with the fp32 result on the same (upcast) values, since both
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -193,91 +191,3 @@ def test_torch_compile_fullgraph_torch_path():
     f(x2, y).backward()
     torch.testing.assert_close(out, f(x2, y))
     torch.testing.assert_close(x.grad, x2.grad)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Triton kernel under the interpreter (one subprocess; TRITON_INTERPRET must be set before triton is imported)
-
-_TRITON_SCRIPT = textwrap.dedent(
-    """
-    import json, torch
-    from fastccreid.kernels import pairwise_distance
-    res = {}
-    gen = torch.Generator().manual_seed(0)
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        x = torch.randn(37, 50, generator=gen).to(dtype)
-        y = torch.randn(21, 50, generator=gen).to(dtype)
-        for metric in ("euclidean", "sqeuclidean", "cosine"):
-            a = pairwise_distance(x, y, metric, backend="triton")
-            b = pairwise_distance(x, y, metric, backend="torch")
-            scale = float(b.abs().max())
-            res[f"fwd/{dtype}/{metric}"] = [str(a.dtype), float((a - b).abs().max()) / scale]
-    # gradients through the Triton forward (shared backward) vs the torch path
-    xx = torch.randn(19, 33, generator=gen, requires_grad=True)
-    yy = torch.randn(23, 33, generator=gen, requires_grad=True)
-    g = torch.randn(19, 23, generator=gen)
-    for metric in ("euclidean", "sqeuclidean", "cosine"):
-        ga = torch.autograd.grad((pairwise_distance(xx, yy, metric, backend="triton") * g).sum(), [xx, yy])
-        gb = torch.autograd.grad((pairwise_distance(xx, yy, metric, backend="torch") * g).sum(), [xx, yy])
-        res[f"grad/{metric}"] = max(float((p - q).abs().max()) for p, q in zip(ga, gb))
-    # strided (non-contiguous) input
-    big = torch.randn(40, 66, generator=gen)
-    xs = big[:, ::2]
-    ref = pairwise_distance(xs, metric="sqeuclidean", backend="torch")
-    res["strided"] = float((pairwise_distance(xs, metric="sqeuclidean", backend="triton") - ref).abs().max()
-                           / ref.abs().max())
-    # the registered op: CPU kernel, autograd and torch.compile(fullgraph) see through it
-    import fastccreid.kernels._pairwise_distance_triton  # noqa: F401  (registers fastccreid::pairwise_distance)
-    op = torch.ops.fastccreid.pairwise_distance
-    xa = xx.detach().clone().requires_grad_()
-    d = op(xa, yy.detach(), 1)
-    (d * g).sum().backward()
-    gref = torch.autograd.grad((pairwise_distance(xx, yy.detach(), backend="torch") * g).sum(), [xx])[0]
-    res["op/fwd"] = float((d - pairwise_distance(xx, yy, backend="torch")).abs().max())
-    res["op/grad"] = float((xa.grad - gref).abs().max())
-    # dynamo-level check (backend eager): AOT decomposition of a triton_op would run the interpreter on fakes
-    comp = torch.compile(lambda a, b: op(a, b, 0).sum(), fullgraph=True, backend="eager")
-    res["op/compiled"] = float((comp(xx, yy) - pairwise_distance(xx, yy, "sqeuclidean", backend="torch").sum())
-                               .abs())
-    print("RESULT" + json.dumps(res))
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def triton_results():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
-    env.pop("FASTCCREID_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, timeout=300,
-                         env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", ["torch.float32", "torch.float16", "torch.bfloat16"])
-@pytest.mark.parametrize("metric", METRICS)
-def test_triton_forward_matches_torch(triton_results, dtype, metric):
-    out_dtype, rel = triton_results[f"fwd/{dtype}/{metric}"]
-    assert out_dtype == "torch.float32"
-    assert rel < 1e-5
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("metric", METRICS)
-def test_triton_gradients_match_torch(triton_results, metric):
-    assert triton_results[f"grad/{metric}"] < 1e-4
-
-
-@pytest.mark.triton
-def test_triton_strided_input(triton_results):
-    assert triton_results["strided"] < 1e-5
-
-
-@pytest.mark.triton
-def test_registered_op_cpu_kernel_autograd_and_compile(triton_results):
-    assert triton_results["op/fwd"] < 1e-5
-    assert triton_results["op/grad"] < 1e-5
-    assert triton_results["op/compiled"] < 1e-2

@@ -1,6 +1,6 @@
 """Batch-hard mining and triplet loss: parity with the seed's TripletLoss / hard_example_mining on P x K batches,
-a brute-force oracle on any label vector, ties, dtypes, gradients, validation, torch.compile, and the Triton kernel
-under TRITON_INTERPRET=1 (in a subprocess).
+a brute-force oracle on any label vector, ties, dtypes, gradients, validation, torch.compile (the Triton kernel:
+tests/triton/test_triton_triplet.py).
 
 Tolerances: distances and losses 1e-5 relative (fp32, a different but equally exact summation order); gradients
 1e-5 absolute on unit-scale features. Indices must match exactly (random data has no near-ties; tie tests use
@@ -8,12 +8,6 @@ integer-valued features, whose distances are exact in fp32).
 """
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -310,100 +304,3 @@ def test_torch_compile_fullgraph_torch_path():
     ref.backward()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(x.grad, x2.grad)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Triton kernel under the interpreter (one subprocess; TRITON_INTERPRET must be set before triton is imported)
-
-_TRITON_SCRIPT = textwrap.dedent(
-    """
-    import json, torch
-    from fastccreid.kernels import batch_hard_mining, batch_hard_triplet_loss
-    res = {}
-    gen = torch.Generator().manual_seed(0)
-    cases = {
-        "pk_shuffled": torch.arange(9).repeat_interleave(4)[torch.randperm(36, generator=gen)],
-        "unequal": torch.tensor([5, 5, 5, 9, 1, 1, 7, 7, 7, 7, 2, 5, 3, 3, 3, 0, 0, 8, 8, 8, 8]),
-        "one_label": torch.zeros(19, dtype=torch.long),
-    }
-    for name, labels in cases.items():
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            x = (torch.randn(labels.numel(), 40, generator=gen) * 0.3).to(dtype)
-            t = batch_hard_mining(x, labels, backend="triton")
-            r = batch_hard_mining(x, labels, backend="torch")
-            fin = torch.isfinite(r[1])
-            res[f"mine/{name}/{dtype}"] = {
-                "dtype": str(t[0].dtype),
-                "d_ap": float((t[0] - r[0]).abs().max()),
-                "d_an": float((t[1][fin] - r[1][fin]).abs().max()) if fin.any() else 0.0,
-                "inf_same": bool(torch.equal(torch.isinf(t[1]), torch.isinf(r[1]))),
-                "pos_same": bool(torch.equal(t[2], r[2])),
-                "neg_same": bool(torch.equal(t[3], r[3])),
-            }
-            for margin in (0.3, None):
-                a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-                la = batch_hard_triplet_loss(a, labels, margin=margin, backend="triton")
-                lb = batch_hard_triplet_loss(b, labels, margin=margin, backend="torch")
-                la.backward()
-                lb.backward()
-                res[f"loss/{name}/{dtype}/{margin}"] = [float((la - lb).abs()),
-                                                        float((a.grad.float() - b.grad.float()).abs().max())]
-    # the registered op: CPU kernel, autograd, and dynamo traces it without a graph break
-    import fastccreid.kernels._triplet_triton  # noqa: F401  (registers fastccreid::batch_hard_mining)
-    op = torch.ops.fastccreid.batch_hard_mining
-    labels = cases["pk_shuffled"]
-    x = torch.randn(36, 24, generator=gen, requires_grad=True)
-    d_ap, d_an, pi, ni, n_same = op(x, labels)
-    g = torch.autograd.grad((d_ap - d_an).sum(), x)[0]
-    r = batch_hard_mining(x, labels, backend="torch")
-    gr = torch.autograd.grad((r[0] - r[1]).sum(), x)[0]
-    res["op"] = [float((d_ap - r[0]).abs().max()), bool(torch.equal(pi, r[2])), float((g - gr).abs().max()),
-                 int(n_same.min())]
-    comp = torch.compile(lambda a, b: op(a, b)[0].sum(), fullgraph=True, backend="eager")
-    res["op/compiled"] = float((comp(x, labels) - r[0].sum()).abs())
-    print("RESULT" + json.dumps(res))
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def triton_results():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
-    env.pop("FASTCCREID_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, timeout=300,
-                         env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
-
-
-CASES = ("pk_shuffled", "unequal", "one_label")
-DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_triton_mining_matches_torch(triton_results, case, dtype):
-    r = triton_results[f"mine/{case}/{dtype}"]
-    assert r["dtype"] == "torch.float32"
-    assert r["d_ap"] < 1e-5 and r["d_an"] < 1e-5
-    assert r["inf_same"] and r["pos_same"] and r["neg_same"]
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("margin", ["0.3", "None"])
-def test_triton_loss_and_gradient_match_torch(triton_results, case, dtype, margin):
-    dloss, dgrad = triton_results[f"loss/{case}/{dtype}/{margin}"]
-    assert dloss < 1e-5
-    assert dgrad < (1e-5 if dtype == "torch.float32" else 1e-2)  # half grads: one rounding of the fp32 value
-
-
-@pytest.mark.triton
-def test_registered_op_cpu_kernel_autograd_and_compile(triton_results):
-    d_err, pos_same, g_err, n_same_min = triton_results["op"]
-    assert d_err < 1e-5 and pos_same and g_err < 1e-5 and n_same_min == 4
-    assert triton_results["op/compiled"] < 1e-3

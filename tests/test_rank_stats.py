@@ -1,46 +1,16 @@
-"""rank_stats: exact first-match rank / AP / INP per query (sort only the matches), torch and Triton paths."""
+"""rank_stats: exact first-match rank / AP / INP per query (sort only the matches), the torch path (the Triton kernels:
+tests/triton/test_triton_rank_stats.py)."""
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers.eval_cases import distmat_case, per_query_oracle
 
 from fastccreid.kernels import rank_stats
-
-
-def _per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk):
-    """Stable full sort per row, then the seed's per-query formulas -> list of (first_rank, AP, INP) or None."""
-    out = []
-    for i in range(dm.shape[0]):
-        order = np.argsort(dm[i], kind="stable")
-        same = gp[order] == qp[i]
-        if junk == "market":
-            rm = same & (gc[order] == qc[i])
-        elif junk == "ltcc-cc":
-            rm = same & ((gc[order] == qc[i]) | (gcl[order] == qcl[i]))
-        else:
-            rm = np.zeros_like(same)
-        raw = same[~rm]
-        if not raw.any():
-            out.append(None)
-            continue
-        pos = np.nonzero(raw)[0]
-        ap = np.mean((np.arange(len(pos)) + 1) / (pos + 1))
-        out.append((pos[0] + 1, ap, len(pos) / (pos[-1] + 1)))
-    return out
-
-
-def _case(seed, nq, ng, npid, ties):
-    rng = np.random.default_rng(seed)
-    dm = rng.integers(0, 3, (nq, ng)).astype(np.float32) if ties else rng.random((nq, ng)).astype(np.float32)
-    return (dm, rng.integers(0, npid, nq), rng.integers(0, npid, ng), rng.integers(0, 2, nq), rng.integers(0, 2, ng),
-            rng.integers(0, 2, nq), rng.integers(0, 2, ng))
 
 
 @pytest.mark.parametrize("junk", [None, "market", "ltcc-cc"])
@@ -54,10 +24,10 @@ def test_matches_stable_full_sort(monkeypatch, junk, ties, lut):
         monkeypatch.setattr(rs_mod, "_LUT_MIN_COLS", 1)
         monkeypatch.setattr(rs_mod, "_LUT_BINS", 3)
     for seed, (nq, ng, npid) in enumerate([(7, 33, 3), (20, 129, 9), (3, 1, 1), (5, 64, 40)]):
-        dm, qp, gp, qc, gc, qcl, gcl = _case(seed, nq, ng, npid, ties)
+        dm, qp, gp, qc, gc, qcl, gcl = distmat_case(seed, nq, ng, npid, ties)
         st = rank_stats(dm, None, "precomputed", q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl,
                         g_clothes=gcl, junk=junk, chunk_size=3)
-        for i, o in enumerate(_per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk)):
+        for i, o in enumerate(per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk)):
             if o is None:
                 assert not st.valid[i] and st.first_rank[i] == 0
                 continue
@@ -94,37 +64,6 @@ def test_bad_inputs():
         rank_stats(dm, None, "precomputed", q_pids=[0, 1], g_pids=[0, 1, 2], junk="cuhk")
 
 
-TRITON_CHECK = """
-import torch
-from fastccreid.kernels import rank_stats
-gen = torch.Generator().manual_seed(2)
-nq, ng = 13, 45
-q, g = torch.randn(nq, 24, generator=gen), torch.randn(ng, 24, generator=gen)
-g[5] = g[3]  # an exact distance tie for every query
-for junk in (None, "market", "ltcc-cc"):
-    kw = dict(q_pids=torch.randint(0, 4, (nq,), generator=gen), g_pids=torch.randint(0, 4, (ng,), generator=gen),
-              q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
-              q_clothes=torch.randint(0, 2, (nq,), generator=gen),
-              g_clothes=torch.randint(0, 2, (ng,), generator=gen), junk=junk)
-    a = rank_stats(q, g, backend="torch", **kw)
-    b = rank_stats(q, g, backend="triton", **kw)
-    assert torch.equal(a.valid, b.valid) and torch.equal(a.first_rank, b.first_rank), junk
-    torch.testing.assert_close(a.ap, b.ap, atol=1e-12, rtol=0)
-    torch.testing.assert_close(a.inp, b.inp, atol=1e-12, rtol=0)
-print("OK")
-"""
-
-
-@pytest.mark.triton
-def test_triton_interpreter_matches_torch():
-    """The Triton kernels under TRITON_INTERPRET=1, in a fresh process: the variable must be set before Triton is
-    first imported (its standard library is decorated at import time)."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
-
-
 @pytest.mark.parametrize("lut", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lut):
@@ -152,46 +91,6 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
         assert torch.equal(a.first_rank, other.first_rank)
         torch.testing.assert_close(a.ap, other.ap, atol=1e-12, rtol=0)
         torch.testing.assert_close(a.inp, other.inp, atol=1e-12, rtol=0)
-
-
-OP_CHECK = """
-import torch
-from fastccreid.kernels import rank_stats
-import fastccreid.kernels._rank_stats_triton as R  # registers fastccreid::rank_stats_sqeuclid
-op = torch.ops.fastccreid.rank_stats_sqeuclid
-gen = torch.Generator().manual_seed(4)
-nq, ng = 11, 40
-q, g = torch.randn(nq, 16, generator=gen), torch.randn(ng, 16, generator=gen)
-g[6] = g[2]  # an exact distance tie for every query
-for junk in (None, "market", "ltcc-cc"):
-    lab = dict(q_pids=torch.randint(0, 5, (nq,), generator=gen), g_pids=torch.randint(0, 4, (ng,), generator=gen),
-               q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
-               q_clothes=torch.randint(0, 2, (nq,), generator=gen),
-               g_clothes=torch.randint(0, 2, (ng,), generator=gen))
-    ref = rank_stats(q, g, backend="torch", junk=junk, **lab)
-    ref = (ref.first_rank, ref.ap, ref.inp, ref.num_matches)
-    args = (q, g, *lab.values(), R.JUNK_CODES[junk])
-    # the op on CPU tensors (its CPU kernel) and the op's Triton body (interpreter) against the torch path
-    for name, out in (("op", op(*args)), ("body", R.rank_stats_op._init_fn(*args))):
-        for a, b in zip(out, ref):
-            assert a.dtype == b.dtype and a.shape == b.shape, (name, junk)
-            torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=f"{name} {junk}")
-    # dynamo traces the op as one node (fake kernel for shapes): fullgraph raises on a graph break
-    comp = torch.compile(lambda *a: op(*a)[1].sum(), fullgraph=True, backend="eager")
-    torch.testing.assert_close(comp(*args), ref[1].sum(), atol=1e-12, rtol=0)
-print("OK")
-"""
-
-
-@pytest.mark.triton
-def test_registered_op_matches_torch_and_compiles_fullgraph():
-    """torch.ops.fastccreid.rank_stats_sqeuclid (CPU kernel and Triton body under TRITON_INTERPRET=1) equals the
-    torch path, and torch.compile(fullgraph=True) traces a function calling it without a graph break."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
-    env.pop("FASTCCREID_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", OP_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,0 +1,27 @@
+"""Runs this folder's kernel tests as their own pytest session under TRITON_INTERPRET=1 (see conftest.py): the
+interpreter must be chosen before the kernel modules are imported, which this CPU-only session did without it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.triton
+def test_kernels_under_the_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
+    env.pop("FASTCCREID_BACKEND", None)
+    files = sorted(str(p) for p in HERE.glob("test_triton_*.py"))
+    assert files, f"no test_triton_*.py in {HERE}"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files],
+                         cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=570)
+    report = out.stdout[-8000:] + ("\n" + out.stderr[-2000:] if out.stderr.strip() else "")
+    assert out.returncode == 0, f"Triton interpreter session failed (exit {out.returncode}):\n{report}"
+    assert " passed" in out.stdout and " skipped" not in out.stdout, report

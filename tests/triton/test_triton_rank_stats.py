@@ -1,0 +1,85 @@
+"""rank_stats' Triton kernels (fused distance tile, placement among sorted matches, histogram) against the
+stable-full-sort oracle on float64 distances, and the registered op ``fastccreid::rank_stats_sqeuclid``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers.eval_cases import labels_numpy, per_query_oracle, seed_sqeuclidean_f64, torch_labels
+
+from fastccreid.kernels import rank_stats
+
+pytestmark = pytest.mark.triton
+triton = pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(13, 45, 24), (1, 7, 16), (40, 129, 33)]  # (Q, G, D): one tile, a single query, several tiles
+# (dtype, atol, rtol) on AP / INP [0, 1]: both paths rank the same distances, so only fp64 rounding of the sums
+DTYPES = [(torch.float32, 1e-12, 0.0), (torch.bfloat16, 1e-12, 0.0)]
+JUNKS = [None, "market", "ltcc-cc"]
+
+
+def _case(shape, dtype, seed):
+    nq, ng, d = shape
+    gen = torch.Generator().manual_seed(seed)
+    q, g = torch.randn(nq, d, generator=gen).to(dtype), torch.randn(ng, d, generator=gen).to(dtype)
+    if ng > 5:
+        g[5] = g[3]  # an exact distance tie for every query (same bits in fp32 and in the fp64 oracle)
+    lab = torch_labels(gen, nq, ng, npid=4)
+    return q, g, lab
+
+
+def _check_against_oracle(first, ap, inp, nmatch, dm, lab, junk, atol, rtol):
+    qp, gp, qc, gc, qcl, gcl = labels_numpy(lab)
+    for i, o in enumerate(per_query_oracle(dm, qp, gp, qc, gc, qcl, gcl, junk)):
+        if o is None:
+            assert int(nmatch[i]) == 0 and int(first[i]) == 0, i
+            continue
+        assert int(first[i]) == o[0], (i, int(first[i]), o[0])
+        np.testing.assert_allclose(float(ap[i]), o[1], atol=atol, rtol=rtol, err_msg=f"AP of query {i}")
+        np.testing.assert_allclose(float(inp[i]), o[2], atol=atol, rtol=rtol, err_msg=f"INP of query {i}")
+
+
+@pytest.mark.parametrize("junk", JUNKS)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_triton_matches_stable_sort_oracle(shape, dtype, atol, rtol, junk):
+    q, g, lab = _case(shape, dtype, seed=sum(shape))
+    lab_dev = {k: v.to(DEVICE) for k, v in lab.items()}
+    st = rank_stats(q.to(DEVICE), g.to(DEVICE), junk=junk, backend="triton", **lab_dev)
+    dm = seed_sqeuclidean_f64(q.float(), g.float())
+    _check_against_oracle(st.first_rank.cpu(), st.ap.cpu(), st.inp.cpu(), st.num_matches.cpu(), dm, lab, junk,
+                          atol, rtol)
+    assert torch.equal(st.valid.cpu(), st.num_matches.cpu() > 0)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_triton_normalised_features(shape):
+    """normalize=True: the seed's x / (||x|| + 1e-12) rows, then the same kernels."""
+    q, g, lab = _case(shape, torch.float32, seed=7)
+    st = rank_stats(q.to(DEVICE), g.to(DEVICE), junk="market", normalize=True, backend="triton",
+                    **{k: v.to(DEVICE) for k, v in lab.items()})
+    qn = q.double() / (q.double().norm(dim=1, keepdim=True) + 1e-12)
+    gn = g.double() / (g.double().norm(dim=1, keepdim=True) + 1e-12)
+    dm = seed_sqeuclidean_f64(qn, gn)
+    _check_against_oracle(st.first_rank.cpu(), st.ap.cpu(), st.inp.cpu(), st.num_matches.cpu(), dm, lab, "market",
+                          1e-12, 0.0)
+
+
+@pytest.mark.parametrize("junk", JUNKS)
+def test_registered_op_matches_oracle_and_compiles_fullgraph(junk):
+    """torch.ops.fastccreid.rank_stats_sqeuclid (its CPU kernel or CUDA kernel, and the Triton body) against the
+    oracle; torch.compile(fullgraph=True) traces a function calling it without a graph break."""
+    import fastccreid.kernels._rank_stats_triton as R  # registers fastccreid::rank_stats_sqeuclid
+
+    op = torch.ops.fastccreid.rank_stats_sqeuclid
+    q, g, lab = _case((11, 40, 16), torch.float32, seed=4)
+    args = (q.to(DEVICE), g.to(DEVICE), *(v.to(DEVICE) for v in lab.values()), R.JUNK_CODES[junk])
+    dm = seed_sqeuclidean_f64(q, g)
+    for out in (op(*args), R.rank_stats_op._init_fn(*args)):
+        first, ap, inp, nmatch = (t.cpu() for t in out)
+        assert first.dtype == torch.int64 and ap.dtype == torch.float64 and nmatch.dtype == torch.int64
+        _check_against_oracle(first, ap, inp, nmatch, dm, lab, junk, 1e-12, 0.0)
+    comp = torch.compile(lambda *a: op(*a)[1].sum(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(comp(*args), op(*args)[1].sum(), atol=1e-12, rtol=0)
