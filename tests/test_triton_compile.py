@@ -26,7 +26,8 @@ import re
 import pytest
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    raise RuntimeError("tests/test_triton_compile.py compiles for real GPUs: run it without TRITON_INTERPRET=1")
+    # @triton.jit made interpreter functions at import: nothing here could compile (reported by -ra, not silent)
+    pytest.skip("compiling for sm_80 / sm_90 needs a session without TRITON_INTERPRET=1", allow_module_level=True)
 
 triton = pytest.importorskip("triton")
 
