@@ -1,6 +1,6 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017; k1=20, k2=6, lambda=0.3) built on top-k neighbours.
 
-Same algorithm and numbers as the seed's ``re_ranking(probFea, galFea, k1, k2, lambda)`` (evaluate/re_ranking.py),
+Same algorithm as the seed's ``re_ranking(probFea, galFea, k1, k2, lambda)`` (evaluate/re_ranking.py; numbers: below),
 which builds the dense (Q+G)^2 distance and rank matrices. Here each item only needs its k1+1 nearest neighbours
 and the largest distance of its row (streamed over row chunks), the encodings V are sparse (a few dozen entries per
 row), and the Jaccard term is non-trivial only for pairs that share an encoded neighbour. Memory: O(N·k1) plus the
@@ -10,6 +10,10 @@ Input: features (``probFea`` [Q, D], ``galFea`` [G, D], numpy or torch), as the 
 squared euclidean of the given features (the seed's callers pass L2-normalised ones). Or distances: pass
 ``q_g_dist`` [Q, G], ``q_q_dist`` [Q, Q], ``g_g_dist`` [G, G] (already *squared* if you want the seed's numbers:
 unlike torchreid's ``re_ranking`` we never square what we are given). Like the seed, V is stored in float16.
+
+One difference: the seed accumulates the Jaccard sums (and the Jaccard distance) in float16, we in float32, so
+re-ranked distances differ from the seed's by up to a few 1e-3 (the float16 rounding of sums near 1); with that
+term in float32 the seed's algorithm gives our numbers exactly (tests/test_rerank.py).
 """
 
 from __future__ import annotations
@@ -136,16 +140,19 @@ def re_ranking(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_valu
     V = torch.sparse_coo_tensor(torch.from_numpy(np.stack([ri, ci])), torch.from_numpy(vv), (n, n),
                                 check_invariants=False).coalesce()
     if k2 != 1:
-        # query expansion: V_i <- mean of V over i's k2 nearest (sparse gather-mean), kept in float16 as the seed
+        # query expansion: V_i <- mean of V over i's k2 nearest, kept in float16 as the seed. As numpy's float16
+        # mean: the fp32 sum, divided by k2 in fp32, rounded to float16 (the sparse sum adds the neighbours in index
+        # order, numpy in rank order: the same bits unless a sum of float16 addends needs more than fp32's 24 bits)
         k2e = min(k2, kq)
         sel = torch.sparse_coo_tensor(
             torch.stack([torch.arange(n).repeat_interleave(k2e), knn[:, :k2e].reshape(-1)]),
-            torch.full((n * k2e,), 1.0 / k2e), (n, n), check_invariants=False,
+            torch.ones(n * k2e), (n, n), check_invariants=False,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's "sparse support is in beta" notice
             V = torch.sparse.mm(sel, V).coalesce()
-        V = torch.sparse_coo_tensor(V.indices(), V.values().half().float(), (n, n), check_invariants=False).coalesce()
+        V = torch.sparse_coo_tensor(V.indices(), (V.values() / k2e).half().float(), (n, n),
+                                    check_invariants=False).coalesce()
     return _jaccard_final(V, rows, nq, n, lambda_value, scale)
 
 

@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.eval_cases import market_loop, torchreid_cuhk03
 
 from fastccreid.compat import fastreid as fr_compat
 from fastccreid.compat import torchreid as tr_compat
@@ -19,31 +20,10 @@ def _case(seed=0, nq=20, ng=90, npid=8):
             rng.integers(0, 3, nq), rng.integers(0, 3, ng))
 
 
-def _market_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """torchreid's / fast-reid's eval_market1501 Python loop (stable argsort) -> cmc, all_AP, all_INP."""
-    max_rank = min(max_rank, distmat.shape[1])
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    all_cmc, all_ap, all_inp = [], [], []
-    for i in range(distmat.shape[0]):
-        order = indices[i]
-        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
-        raw = (g_pids[order] == q_pids[i]).astype(np.int32)[keep]
-        if not raw.any():
-            continue
-        cmc = raw.cumsum()
-        last = np.where(raw == 1)[0].max()
-        all_inp.append(cmc[last] / (last + 1.0))
-        cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
-        tmp = raw.cumsum() / (np.arange(len(raw)) + 1.0) * raw
-        all_ap.append(tmp.sum() / raw.sum())
-    return np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_ap), all_ap, all_inp
-
-
 def test_torchreid_form_and_values():
     dm, qp, gp, qc, gc = _case()
     cmc, mAP = tr_compat.evaluate_rank(dm, qp, gp, qc, gc, max_rank=50, use_metric_cuhk03=False, use_cython=True)
-    ref_cmc, ref_ap, _ = _market_loop(dm, qp, gp, qc, gc, 50)
+    ref_cmc, ref_ap, _ = market_loop(dm, qp, gp, qc, gc, 50)
     assert cmc.dtype == np.float32 and cmc.shape == (50,)
     np.testing.assert_allclose(cmc, ref_cmc, atol=1e-6)
     assert isinstance(mAP, float) and abs(mAP - np.mean(ref_ap)) < 1e-6
@@ -52,7 +32,7 @@ def test_torchreid_form_and_values():
 def test_fastreid_form_and_values():
     dm, qp, gp, qc, gc = _case(1)
     cmc, all_ap, all_inp = fr_compat.evaluate_rank(dm, qp, gp, qc, gc)
-    ref_cmc, ref_ap, ref_inp = _market_loop(dm, qp, gp, qc, gc, 50)
+    ref_cmc, ref_ap, ref_inp = market_loop(dm, qp, gp, qc, gc, 50)
     assert cmc.dtype == np.float32 and all_ap.dtype == np.float32 and all_inp.dtype == np.float32
     assert all_ap.shape == (len(ref_ap),) and all_inp.shape == (len(ref_inp),)
     np.testing.assert_allclose(cmc, ref_cmc, atol=1e-6)
@@ -67,8 +47,8 @@ def test_short_valid_gallery_does_not_crash():
     dm = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
     qp, gp = np.array([1, 2]), np.array([1, 2, 1, 2])
     qc, gc = np.array([0, 0]), np.array([0, 1, 1, 1])
-    with pytest.raises(ValueError):  # theirs: numpy refuses the ragged list of CMC rows
-        _market_loop(dm, qp, gp, qc, gc, 50)
+    with pytest.raises(ValueError, match="inhomogeneous"):  # theirs: numpy refuses the ragged list of CMC rows
+        market_loop(dm, qp, gp, qc, gc, 50)
     cmc, mAP = tr_compat.evaluate_rank(dm, qp, gp, qc, gc)
     np.testing.assert_allclose(cmc, [0.5, 1.0, 1.0, 1.0])
     cmc2, ap, _ = fr_compat.evaluate_rank(dm, qp, gp, qc, gc)
@@ -76,15 +56,22 @@ def test_short_valid_gallery_does_not_crash():
     assert mAP == pytest.approx(float(np.mean(ap)), abs=1e-6)
 
 
-def test_cuhk03_form():
+def test_cuhk03_form_and_values_match_torchreids_draws():
+    """use_metric_cuhk03: both call forms against torchreid's own loop (np.random.choice per identity) seeded alike,
+    not against each other."""
     dm, qp, gp, qc, gc = _case(2)
     np.random.seed(7)
-    a = tr_compat.evaluate_rank(dm, qp, gp, qc, gc, use_metric_cuhk03=True)
-    np.random.seed(7)
-    b = fr_compat.evaluate_rank(dm, qp, gp, qc, gc, use_metric_cuhk03=True)
-    assert a[0].dtype == np.float32 and a[0].shape == (50,)
-    np.testing.assert_allclose(a[0], b[0])
-    assert a[1] == pytest.approx(b[1])
+    want = torchreid_cuhk03(dm, qp, gp, qc, gc, 50)
+    want_map = float(np.mean(market_loop(dm, qp, gp, qc, gc, 50)[1]))  # mAP: no draws in it
+    for compat in (tr_compat, fr_compat):
+        np.random.seed(7)
+        cmc, mAP = compat.evaluate_rank(dm, qp, gp, qc, gc, use_metric_cuhk03=True)
+        assert cmc.dtype == np.float32 and cmc.shape == (50,)
+        np.testing.assert_allclose(cmc, want, atol=1e-6)
+        assert mAP == pytest.approx(want_map, abs=1e-9)
+    np.random.seed(8)
+    other = tr_compat.evaluate_rank(dm, qp, gp, qc, gc, use_metric_cuhk03=True)[0]
+    assert not np.allclose(other, want)  # the draws do come from numpy's global RNG
 
 
 SCRIPT = """
@@ -119,6 +106,6 @@ def test_swapped_import_in_a_peer_style_script(import_line, call, tmp_path):
     rng = np.random.RandomState(0)
     dm = rng.rand(30, 200).astype(np.float32)
     qp, gp, qc, gc = rng.randint(0, 10, 30), rng.randint(0, 10, 200), rng.randint(0, 4, 30), rng.randint(0, 4, 200)
-    ref_cmc, ref_ap, _ = _market_loop(dm, qp, gp, qc, gc, 50)
+    ref_cmc, ref_ap, _ = market_loop(dm, qp, gp, qc, gc, 50)
     assert f"mAP: {np.mean(ref_ap):.6f}" in out
     assert f"Rank-1  : {ref_cmc[0]:.6f}" in out

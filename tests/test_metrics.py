@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers.eval_cases import random_case, torchreid_cuhk03
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,15 +43,6 @@ def _n_valid(distmat, q_pids, g_pids, q_camids, g_camids, q_cl, g_cl, junk):
     return int(same.any(1).sum())
 
 
-def _random_case(rng, nq, ng, npid, ncam=3, ncl=3, ties=False):
-    qp = rng.integers(0, npid, nq)
-    gp = rng.integers(0, npid, ng)
-    qc, gc = rng.integers(0, ncam, nq), rng.integers(0, ncam, ng)
-    qcl, gcl = rng.integers(0, ncl, nq), rng.integers(0, ncl, ng)
-    dm = rng.integers(0, 5, (nq, ng)).astype(np.float32) if ties else rng.random((nq, ng)).astype(np.float32)
-    return dm, qp, gp, qc, gc, qcl, gcl
-
-
 PROTO_JUNK = [("market", "market"), ("ltcc-general", "market"), ("celeb", "market"), ("ltcc-cc", "ltcc-cc"),
               ("prcc", None)]
 
@@ -66,9 +58,10 @@ def _check(res, ref, tol=1e-6):
 @pytest.mark.parametrize("protocol,junk", PROTO_JUNK)
 @pytest.mark.parametrize("ties", [False, True])
 def test_parity_distmat_all_protocols(protocol, junk, ties):
-    rng = np.random.default_rng(hash((protocol, ties)) % 2**32)
+    # a stable seed per case (``hash()`` of a string changes with PYTHONHASHSEED, so a failure would not reproduce)
+    rng = np.random.default_rng([PROTO_JUNK.index((protocol, junk)), int(ties)])
     for nq, ng, npid in [(17, 60, 6), (9, 7, 3), (30, 120, 25), (5, 1, 2)]:
-        dm, qp, gp, qc, gc, qcl, gcl = _random_case(rng, nq, ng, npid, ties=ties)
+        dm, qp, gp, qc, gc, qcl, gcl = random_case(rng, nq, ng, npid, ties=ties)
         try:
             ref = seed_eval_stable(dm, qp, gp, qc, gc, qcl, gcl, junk=junk)
         except ValueError:
@@ -103,22 +96,46 @@ def test_prcc_seed_counts_no_match_queries_we_skip():
     qp, gp = np.array([1, 9]), np.array([1, 2])
     with np.errstate(invalid="ignore"):
         _, seed_map, _ = ref_eval.evaluate_prcc_all_gallery(dm, qp, gp)
-    assert np.isnan(seed_map)  # the seed's unguarded PRCC (SPEC §7)
+    assert np.isnan(seed_map)  # the seed's unguarded PRCC (README, Differences from the official code)
     res = evaluate(dm, q_pids=qp, g_pids=gp, protocol="prcc")
     assert res.num_valid_queries == 1 and res.mAP == 1.0
 
 
-def test_low_precision_is_opt_in_and_close():
+def _lowp_case():
+    """Features whose match / non-match distances differ by about bf16's resolution of the dot products (1e-2 on
+    unit rows) but far above fp32's: a shared base vector plus small identity and noise offsets."""
     rng = np.random.default_rng(8)
-    cent = rng.standard_normal((10, 64))
-    qp, gp = rng.integers(0, 10, 30), rng.integers(0, 10, 200)
-    qf = (cent[qp] + 0.5 * rng.standard_normal((30, 64))).astype(np.float32)
-    gf = (cent[gp] + 0.5 * rng.standard_normal((200, 64))).astype(np.float32)
+    nid, d, nq, ng = 10, 64, 30, 200
+    base, cent = rng.standard_normal(d), rng.standard_normal((nid, d))
+    qp, gp = rng.integers(0, nid, nq), rng.integers(0, nid, ng)
+    qf = (base + 0.07 * cent[qp] + 0.05 * rng.standard_normal((nq, d))).astype(np.float32)
+    gf = (base + 0.07 * cent[gp] + 0.05 * rng.standard_normal((ng, d))).astype(np.float32)
+    return qf, gf, qp, gp
+
+
+def _lowp_distances(qf, gf, dtype):
+    """What ``precision=`` promises, written out: the seed's fp32 normalisation and squared norms, the dot products
+    of the normalised rows cast to ``dtype`` (a CPU matmul in that dtype rounds its output to it), in fp32 after."""
+    q, g = torch.from_numpy(qf), torch.from_numpy(gf)
+    qn = q / (torch.norm(q, 2, dim=-1, keepdim=True) + 1e-12)
+    gn = g / (torch.norm(g, 2, dim=-1, keepdim=True) + 1e-12)
+    dot = torch.mm(qn.to(dtype), gn.to(dtype).t()).float()
+    return (qn.pow(2).sum(1)[:, None] + gn.pow(2).sum(1)[None, :] - 2 * dot).numpy()
+
+
+def test_low_precision_computes_the_dot_products_in_that_precision():
+    qf, gf, qp, gp = _lowp_case()
     exact = evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, protocol="prcc")
-    for precision in ("bf16", "fp16"):
+    ref = seed_eval_stable(ref_eval.get_distmat(torch.from_numpy(qf), torch.from_numpy(gf)), qp, gp, junk=None)
+    _check(exact, ref, tol=1e-12)  # fp32 is the seed's evaluation exactly
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         approx = evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, protocol="prcc", precision=precision)
-        assert abs(approx.mAP - exact.mAP) < 0.05 and approx.num_valid_queries == exact.num_valid_queries
-    with pytest.raises(ValueError, match="precision"):
+        want = evaluate(_lowp_distances(qf, gf, dtype), q_pids=qp, g_pids=gp, protocol="prcc")
+        assert abs(want.mAP - exact.mAP) > 1e-5, precision  # the data is one where the precision matters
+        assert approx.mAP == pytest.approx(want.mAP, abs=1e-12), precision
+        assert approx.mINP == pytest.approx(want.mINP, abs=1e-12), precision
+        np.testing.assert_allclose(approx.cmc, want.cmc, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
         evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, protocol="prcc", precision="int8")
 
 
@@ -144,7 +161,7 @@ def test_single_image_gallery_and_no_valid_query_error():
 
 def test_return_per_query_and_table():
     rng = np.random.default_rng(2)
-    dm, qp, gp, qc, gc, *_ = _random_case(rng, 12, 40, 4)
+    dm, qp, gp, qc, gc, *_ = random_case(rng, 12, 40, 4)
     res = evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, return_per_query=True, max_rank=10)
     assert res.all_AP.shape == (res.num_valid_queries,) and res.mAP == pytest.approx(res.all_AP.mean())
     assert len(res.cmc) == 10 and "mAP" in res.table()
@@ -174,48 +191,16 @@ def test_bad_inputs_raise_clear_errors():
         evaluate(np.zeros((0, 3)), q_pids=[], g_pids=[0, 1, 2], protocol="prcc")
 
 
-def _torchreid_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """torchreid's eval_cuhk03 loop (np.random.choice per identity), CMC padded as in our fix."""
-    from collections import defaultdict
-
-    num_q, num_g = distmat.shape
-    max_rank = min(max_rank, num_g)
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
-    all_cmc = []
-    for q_idx in range(num_q):
-        order = indices[q_idx]
-        keep = ~((g_pids[order] == q_pids[q_idx]) & (g_camids[order] == q_camids[q_idx]))
-        raw = matches[q_idx][keep]
-        if not np.any(raw):
-            continue
-        groups = defaultdict(list)
-        for idx, pid in enumerate(g_pids[order][keep]):
-            groups[pid].append(idx)
-        cmc = np.zeros(max_rank)
-        for _ in range(10):
-            mask = np.zeros(len(raw), dtype=bool)
-            for _, idxs in groups.items():
-                mask[np.random.choice(idxs)] = True
-            c = raw[mask].cumsum()
-            c[c > 1] = 1
-            full = np.ones(max_rank)
-            full[: min(max_rank, len(c))] = c[:max_rank]
-            cmc += full
-        all_cmc.append(cmc / 10)
-    return np.mean(all_cmc, 0)
-
-
 def test_cuhk03_single_shot_matches_torchreid_draws():
     rng = np.random.default_rng(4)
-    dm, qp, gp, qc, gc, *_ = _random_case(rng, 15, 80, 9)
+    dm, qp, gp, qc, gc, *_ = random_case(rng, 15, 80, 9)
     np.random.seed(123)
-    ref = _torchreid_cuhk03(dm, qp, gp, qc, gc, 50)
+    ref = torchreid_cuhk03(dm, qp, gp, qc, gc, 50)
     np.random.seed(123)
     res = evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, protocol="cuhk03", cuhk03_seed=None)
     np.testing.assert_allclose(res.cmc, ref, atol=1e-6)
     np.random.seed(0)
-    ref0 = _torchreid_cuhk03(dm, qp, gp, qc, gc, 50)
+    ref0 = torchreid_cuhk03(dm, qp, gp, qc, gc, 50)
     res0 = evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, protocol="cuhk03")  # seed 0, private
     np.testing.assert_allclose(res0.cmc, ref0, atol=1e-6)
     market = evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc)
@@ -230,12 +215,12 @@ def test_cuhk03_single_shot_matches_torchreid_draws():
 def test_property_matches_stable_seed_loop(nq, ng, npid, levels, junk_i, seed, max_rank):
     rng = np.random.default_rng(seed)
     protocol, junk = PROTO_JUNK[junk_i]
-    dm, qp, gp, qc, gc, qcl, gcl = _random_case(rng, nq, ng, npid, ncam=2, ncl=2)
+    dm, qp, gp, qc, gc, qcl, gcl = random_case(rng, nq, ng, npid, ncam=2, ncl=2)
     dm = np.floor(dm * levels).astype(np.float64)  # few levels: many ties
     try:
         ref = seed_eval_stable(dm, qp, gp, qc, gc, qcl, gcl, junk=junk, max_rank=max_rank)
     except ValueError:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="no query has a true match"):
             evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl,
                      protocol=protocol, max_rank=max_rank)
         return
