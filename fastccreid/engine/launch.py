@@ -3,11 +3,11 @@
 
 The launcher writes the run's ``TrainConfig`` to a JSON file and starts N children ``python -m
 fastccreid.engine.launch CONFIG`` with the environment torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK); they
-meet through a file store in the launcher's own folder rather than a TCP port. The children run in their own session so that a terminal's Ctrl-C reaches the launcher
-alone, which forwards each SIGINT / SIGTERM once: the first makes every rank finish its step and rank 0 save
-``checkpoint_last.pth`` (exit 130), a second aborts, as in one process. When one child fails, the others are
-stopped (SIGTERM, then SIGKILL after a grace period) and the launcher exits with the failing child's code, so a
-crash never leaves the others waiting in a collective.
+meet through a file store in the launcher's own folder rather than a TCP port. The children run in their own
+session so that a terminal's Ctrl-C reaches the launcher alone, which forwards each SIGINT / SIGTERM once: the
+first makes every rank finish its step and rank 0 save ``checkpoint_last.pth`` (exit 130), a second aborts, as in
+one process. When one child fails, the others are stopped (SIGTERM, then SIGKILL after a grace period) and the
+launcher exits with the failing child's code, so a crash never leaves the others waiting in a collective.
 """
 
 from __future__ import annotations
