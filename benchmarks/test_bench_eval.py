@@ -38,11 +38,34 @@ def test_eval_fast_vs_reference(benchmark, name):
     np.testing.assert_allclose(res.cmc, ref_cmc[: len(res.cmc)], atol=1e-6)
 
 
+def _valid_queries(qp, gp, qc, gc) -> int:
+    """Queries with a true match under the market protocol (a gallery image of the same id from another camera),
+    counted from the labels alone: per id, the set of its gallery cameras."""
+    cams: dict[int, set[int]] = {}
+    for p, c in zip(gp.tolist(), gc.tolist(), strict=True):
+        cams.setdefault(p, set()).add(c)
+    return sum(1 for p, c in zip(qp.tolist(), qc.tolist(), strict=True) if cams.get(p, set()) - {c})
+
+
+def _check_against_reference_on_queries(data, n: int, g: int | None = None) -> None:
+    """The fast path on the first ``n`` queries (against the first ``g`` gallery items; all by default) equals the
+    reference there (its dense [n, G] arrays fit where the whole query set's do not)."""
+    qf, gf, qp, gp, qc, gc = data
+    sub = (qf[:n].float(), gf[:g].float(), qp[:n], gp[:g], qc[:n], gc[:g])
+    ref_cmc, ref_map, *_ = _reference_eval(*sub)
+    res = fast_eval(*sub)
+    assert abs(res.mAP - float(ref_map)) < 1e-5
+    np.testing.assert_allclose(res.cmc, ref_cmc[: len(res.cmc)], atol=1e-5)
+
+
 def test_eval_msmt17_fast_only(benchmark):
     data = _data("msmt17")
     res = benchmark.pedantic(fast_eval, args=data, rounds=1, iterations=1)
     benchmark.extra_info.update(peak_rss_mib=peak_rss_bytes() / 2**20, mAP=res.mAP, rank1=res.rank(1))
-    assert res.num_valid_queries > 0
+    assert res.num_queries == len(data[2])
+    assert res.num_valid_queries == _valid_queries(*data[2:])
+    assert 0.0 < res.mAP < 1.0 and np.all(np.diff(res.cmc) >= 0) and res.cmc[-1] <= 1.0
+    _check_against_reference_on_queries(data, 64)
 
 
 @pytest.mark.slow
@@ -53,4 +76,6 @@ def test_eval_10k_by_1m_fast_only(benchmark):
     res = benchmark.pedantic(fast_eval, args=(qf, gf, qp, gp, qc, gc), rounds=1, iterations=1)
     benchmark.extra_info.update(peak_rss_mib=peak_rss_bytes() / 2**20, mAP=res.mAP)
     print(f"10k x 1M: {benchmark.stats.stats.median:.1f} s, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
-    assert res.num_valid_queries > 0
+    assert res.num_queries == nq and res.num_valid_queries == _valid_queries(qp, gp, qc, gc)
+    assert 0.0 < res.mAP < 1.0 and np.all(np.diff(res.cmc) >= 0) and res.cmc[-1] <= 1.0
+    _check_against_reference_on_queries((qf, gf, qp, gp, qc, gc), 16, 50_000)  # fp32 copy: 400 MB
