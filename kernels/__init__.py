@@ -2,6 +2,9 @@
 
 Ops (one file each: Triton kernel in ``_<op>_triton.py``, imported only when a Triton path runs):
 ``pairwise_distance``, ``batch_hard_mining``, ``batch_hard_triplet_loss``, ``topk_ranking``, ``rank_stats``.
+Shared: ``checks`` (the input validation every public entry calls first), ``seed_distance`` (the seed's
+normalisation and squared-euclidean forms), ``_triton_gram`` (the Triton Gram tile). The streaming evaluation driver
+behind ``rank_stats`` is ``fastccreid.evaluation``; nothing here imports it at import time.
 """
 
 from fastccreid.kernels._backend import BACKENDS, resolve_backend
