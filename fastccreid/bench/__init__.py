@@ -31,7 +31,7 @@ def run_bench(args: argparse.Namespace) -> int:
         suite_rows = module.run(quick=args.quick)
         print(format_table(suite_rows), flush=True)
         rows.extend(suite_rows)
-    payload = {"hardware": hardware(), "rows": [asdict(r) for r in rows]}
+    payload = {"hardware": hardware(), "results": [asdict(r) for r in rows]}
     if args.json_out:
         write_json(args.json_out, payload)
         print(f"wrote {args.json_out}")
