@@ -119,7 +119,12 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
     no GPU needed): the same resolution function the ops call."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from fastccreid.kernels._backend import kernel_backend, triton_available
+    from fastccreid.kernels._backend import (
+        RANK_STATS_CUDA_AUTO_WHY,
+        kernel_backend,
+        rank_stats_backend,
+        triton_available,
+    )
 
     rows = []
     for dev in devices:
@@ -140,7 +145,9 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
                 why = "CUDA tensors take the Triton kernels"
             for op in OPS:
                 backend, note = chosen, why
-                if backend == "triton" and op in ("rank_stats", "topk_ranking"):
+                if op == "rank_stats" and backend == "triton" and rank_stats_backend("auto", t) == "torch":
+                    backend, note = "torch", RANK_STATS_CUDA_AUTO_WHY
+                elif backend == "triton" and op in ("rank_stats", "topk_ranking"):
                     note = why + " (metric sqeuclidean; other metrics take the torch path)"
                 rows.append({"op": op, "device": dev, "dtype": str(dt).replace("torch.", ""), "backend": backend,
                              "why": note})

@@ -1,7 +1,8 @@
 """Backend choice for every op, made at call time from the op's ``backend=`` argument.
 
 ``backend="auto"`` (the default) reads ``FASTCCREID_BACKEND`` if set, else picks Triton for CUDA tensors and the
-vectorised torch implementation otherwise. Triton on CPU tensors needs ``TRITON_INTERPRET=1`` (how the Triton
+vectorised torch implementation otherwise, except CUDA evaluation (``rank_stats_backend``: the torch path until a GPU
+has timed both). Triton on CPU tensors needs ``TRITON_INTERPRET=1`` (how the Triton
 path is tested on machines without a GPU).
 """
 
@@ -26,6 +27,14 @@ def triton_available() -> bool:
     return True
 
 
+def env_backend() -> str:
+    """``FASTCCREID_BACKEND`` ("auto" when unset); ValueError naming the valid choices."""
+    env = os.environ.get("FASTCCREID_BACKEND", "auto").strip().lower() or "auto"
+    if env not in BACKENDS:
+        raise ValueError(f"FASTCCREID_BACKEND must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
 def resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
     """Return "triton" or "torch" for these tensors; raise ValueError naming the valid choices."""
     if backend is None:
@@ -33,10 +42,7 @@ def resolve_backend(backend: str | None, *tensors: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        env = os.environ.get("FASTCCREID_BACKEND", "auto").strip().lower() or "auto"
-        if env not in BACKENDS:
-            raise ValueError(f"FASTCCREID_BACKEND must be one of {BACKENDS}, got {env!r}")
-        backend = env
+        backend = env_backend()
     on_cuda = any(t.is_cuda for t in tensors)
     if backend == "auto":
         return "triton" if on_cuda and triton_available() else "torch"
@@ -57,4 +63,25 @@ def kernel_backend(backend: str | None, *tensors: torch.Tensor) -> str:
     chosen = resolve_backend(backend, *tensors)
     if chosen == "triton" and any(t.dtype == torch.float64 for t in tensors):
         return "torch"
+    return chosen
+
+
+# Which path backend="auto" takes for CUDA evaluation (rank_stats), and why. The torch path computes each query
+# chunk's distances with one cuBLAS GEMM and places non-matches with a per-row lookup table (a few passes per
+# element, whatever the match count); the Triton path fuses the distance tile (IEEE fp32 FMAs, no tensor cores) with
+# a placement loop over the tile's match ranks (work per element grows with the tile's widest pid group), and has
+# only ever run under TRITON_INTERPRET=1. Until benchmarks/gpu_check.sh has timed both on a GPU, "auto" keeps CUDA
+# evaluation on the torch path; backend="triton" (or FASTCCREID_BACKEND=triton) selects the fused kernels.
+RANK_STATS_CUDA_AUTO = "torch"
+RANK_STATS_CUDA_AUTO_WHY = ("CUDA evaluation stays on the torch path (cuBLAS distances, lookup-table placement) "
+                            "until a GPU has timed it against the fused Triton kernels; backend='triton' selects them")
+
+
+def rank_stats_backend(backend: str | None, *tensors: torch.Tensor) -> str:
+    """``kernel_backend`` for rank_stats: "auto" (with FASTCCREID_BACKEND unset or "auto") on CUDA tensors takes
+    ``RANK_STATS_CUDA_AUTO`` (see the comment above it); an explicit "triton" still takes the Triton kernels."""
+    chosen = kernel_backend(backend, *tensors)
+    asked = "auto" if backend is None else backend
+    if chosen == "triton" and asked == "auto" and env_backend() == "auto":
+        return RANK_STATS_CUDA_AUTO
     return chosen

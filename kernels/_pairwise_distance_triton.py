@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import METRIC_CODES, distance_backward, distance_torch
 
 _METRIC_NAMES = {v: k for k, v in METRIC_CODES.items()}
@@ -131,10 +131,12 @@ def pairwise_distance_launch(x: torch.Tensor, y: torch.Tensor, metric: int) -> t
     return out
 
 
-@triton_op("fastccreid::pairwise_distance", mutates_args=())
-def pairwise_distance_op(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
+def _pairwise_distance_body(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
     """fp32 [M, N] distances by metric code (0 sqeuclidean, 1 euclidean, 2 cosine)."""
     return pairwise_distance_launch(x, y, metric)
+
+
+pairwise_distance_op = triton_op("fastccreid::pairwise_distance", mutates_args=())(_pairwise_distance_body)
 
 
 @pairwise_distance_op.register_kernel("cpu")
@@ -161,3 +163,4 @@ def _backward(ctx, grad: torch.Tensor):
 
 
 pairwise_distance_op.register_autograd(_backward, setup_context=_setup_context)
+decompose_on_cuda_only(pairwise_distance_op, _pairwise_distance_body)

@@ -1,13 +1,17 @@
 """Triton kernels for ``rank_stats`` (squared euclidean features): the gallery is streamed in tiles, nothing Q×G.
 
 Pass 1 computes each query's same-pid distances with the very tile code pass 2 uses (so ties compare equal bits);
-torch sorts those few per query; pass 2 recomputes every tile, places each non-match among the sorted matches (a
-loop over the R match distances, ties by gallery index) and adds it to a [Q, R+1] histogram with atomics. Imported
-only when a Triton path runs; on CPU tensors it needs ``TRITON_INTERPRET=1``.
+torch sorts those few per query; pass 2 recomputes every tile and places each non-match among the sorted matches:
+a loop over the match ranks r up to the tile's own widest match count (not the global one), which counts per row
+the non-matches that match r ranks before, so the [Q, R+1] histogram gets one atomic add per (row, rank) and tile
+(the difference of consecutive counts) instead of one per element. Imported only when a Triton path runs; on CPU
+tensors it needs ``TRITON_INTERPRET=1``.
 
 Registered as the custom op ``fastccreid::rank_stats_sqeuclid`` (``torch.library.triton_op``, not differentiable)
-returning (first_rank, ap, inp, num_matches) [Q] each, with the torch path as its CPU kernel and a shape-only fake,
-so torch.compile traces through it without a graph break.
+returning (first_rank, ap, inp, num_matches) [Q] each, with the torch ops as its CPU kernel and a shape-only fake.
+The host-side preparation (pid grouping, the match layout and its width R: ``kernels.rank_stats.match_layout``)
+is made before the op and passed in, so the op body reads nothing back and torch.compile traces it (and the Triton
+kernels in it) on fake tensors without a graph break.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels._triton_gram import GRID_YZ_MAX, aligned_rows, check_grid, sqeuclid_tile
-from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
-from fastccreid.kernels.rank_stats import PidIndex, finish_stats, stats_from_hist
-from fastccreid.kernels.seed_distance import sq_norms
+from fastccreid.kernels._triton_gram import (
+    GRID_YZ_MAX,
+    aligned_rows,
+    check_grid,
+    decompose_on_cuda_only,
+    sqeuclid_tile,
+)
+from fastccreid.kernels.checks import JUNK_CODES
+from fastccreid.kernels.rank_stats import Matches, chunk_stats, finish_stats, match_layout, stats_from_hist
+from fastccreid.kernels.seed_distance import chunk_rows, seed_sqeuclidean_tiled, sq_norms, work_dtype
 
-__all__ = ["JUNK_CODES", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
+__all__ = ["JUNK_CODES", "rank_stats_launch", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
 
 
 # Tiles of both kernels (queries x gallery items x feature block); num_warps / num_stages are Triton's launch defaults.
@@ -54,7 +64,8 @@ def _same_pid_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, slot_ptr, out
             d = sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
                               BQ, BG, BK)
             slot = tl.load(slot_ptr + offs_g, mask=mask_g, other=0)
-            tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * RP + slot[None, :], d, mask=same)
+            # slot < RP holds for the layout match_layout builds; the mask keeps a narrower one from writing out
+            tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * RP + slot[None, :], d, mask=same & (slot < RP)[None, :])
 
 
 @triton.jit
@@ -73,14 +84,23 @@ def _place_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, ms_ptr, msi_ptr,
     d = sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, D, stride_q, stride_g,
                       BQ, BG, BK)
     live = (qp[:, None] != gp[None, :]) & mask_q[:, None] & mask_g[None, :]
-    p = tl.zeros((BQ, BG), dtype=tl.int32)
+    hrow = offs_q.to(tl.int64) * (RP + 1)
     row = offs_q.to(tl.int64) * RP
-    for r in range(0, RP):
-        m = tl.load(ms_ptr + row + r, mask=mask_q & (r < nm), other=float("inf"))
-        mi = tl.load(msi_ptr + row + r, mask=mask_q & (r < nm), other=0)
+    # loop bound: this query block's own widest match count, not the global maximum R
+    r_hi = tl.max(nm, axis=0)
+    # at_least[i] = live non-matches of row i with at least r matches ranked before them (r = 0: all of them). The
+    # matches are sorted by (distance, gallery index), so "match r ranks before x" implies it for every match < r:
+    # the non-matches with exactly r matches before them are at_least(r) - at_least(r + 1), one atomic per row
+    at_least = tl.sum(live.to(tl.int32), axis=1)
+    for r in range(0, r_hi):
+        ok = mask_q & (r < nm)
+        m = tl.load(ms_ptr + row + r, mask=ok, other=float("inf"))
+        mi = tl.load(msi_ptr + row + r, mask=ok, other=0)
         before = (m[:, None] < d) | ((m[:, None] == d) & (mi[:, None] < offs_g[None, :]))
-        p += before.to(tl.int32)
-    tl.atomic_add(hist_ptr + offs_q.to(tl.int64)[:, None] * (RP + 1) + p, 1, mask=live)
+        nxt = tl.sum((before & live & ok[:, None]).to(tl.int32), axis=1)
+        tl.atomic_add(hist_ptr + hrow + r, at_least - nxt, mask=mask_q & (at_least > nxt))
+        at_least = nxt
+    tl.atomic_add(hist_ptr + hrow + r_hi, at_least, mask=mask_q & (at_least > 0))
 
 
 def same_pid_grid(nq: int, block_q: int) -> tuple[int]:
@@ -97,33 +117,25 @@ def place_grids(nq: int, ng: int, block_q: int, block_g: int) -> list[tuple[int,
             for q0 in range(0, nqb, GRID_YZ_MAX)]
 
 
-def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
+def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
                       block_k: int = BLOCK_K):
-    """Triton rank statistics for squared euclidean features -> (first_rank, ap, inp, nmatch) [Q] each."""
+    """The two passes for q [Q, D], g [G, D] and a ``match_layout`` (slot [G], match_idx / is_match [Q, R]) ->
+    (first_rank, ap, inp, nmatch) [Q] each. Reads nothing back to the host (its widths are the layout's shapes), so
+    it traces on fake tensors."""
     nq, ng = q.shape[0], g.shape[0]
     q = aligned_rows(q)
     g = aligned_rows(g)
     d = q.shape[1]
     qq = sq_norms(q.float()).contiguous()
     gg = sq_norms(g.float()).contiguous()
-    index = PidIndex(gp)
-    lo, cnt = index.ranges(qp)
-    rp = max(1, int(cnt.max().item()))
-    slot = torch.empty(ng, dtype=torch.int64, device=g.device)
-    # position of each gallery item inside its pid group (groups are in ascending gallery index)
-    start = torch.searchsorted(index.sorted_pids, index.sorted_pids, side="left")
-    slot[index.order] = torch.arange(ng, device=g.device) - start
+    rp = match_idx.shape[1]
     same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
     wrap_triton(_same_pid_kernel)[same_pid_grid(nq, block_q)](
         q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
-    # a query without any same-pid gallery item has lo == G: point its (all-padding) row at item 0, never a match
-    m = index.gather(torch.where(cnt > 0, lo, torch.zeros_like(lo)), cnt, qc, gc, qcl, gcl, junk)
-    if m.idx.shape[1] < rp:  # index.gather pads to max(cnt) too; keep widths equal
-        raise RuntimeError("internal: match padding width mismatch")
-    md = same_d.masked_fill(~m.is_match, math.inf)
+    md = same_d.masked_fill(~is_match, math.inf)
     ms, order = torch.sort(md, dim=1, stable=True)
-    msidx = m.idx.gather(1, order).contiguous()
-    nmatch = m.is_match.sum(1)
+    msidx = match_idx.gather(1, order).contiguous()
+    nmatch = is_match.sum(1)
     hist = torch.zeros(nq, rp + 1, dtype=torch.int32, device=q.device)
     ms = ms.contiguous()
     for q0, grid in place_grids(nq, ng, block_q, block_g):
@@ -132,38 +144,47 @@ def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = BLOCK
     return stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
 
 
-def _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk: int):
-    """(qc, gc, qcl, gcl) as the launcher wants them: None where the junk rule (by code) does not use them."""
-    cams = (q_camids, g_camids) if junk > 0 else (None, None)
-    clothes = (q_clothes, g_clothes) if junk == 2 else (None, None)
-    return (*cams, *clothes)
+def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
+                      block_k: int = BLOCK_K):
+    """Triton rank statistics for squared euclidean features -> (first_rank, ap, inp, nmatch) [Q] each: the host
+    preparation (``match_layout``, one read-back) then ``rank_stats_launch``."""
+    lay = match_layout(qp, gp, qc, gc, qcl, gcl, junk)
+    return rank_stats_launch(q, g, qp, gp, lay.slot, lay.idx, lay.is_match, block_q, block_g, block_k)
 
 
-@triton_op("fastccreid::rank_stats_sqeuclid", mutates_args=())
-def rank_stats_op(q: torch.Tensor, g: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
-                  q_camids: torch.Tensor, g_camids: torch.Tensor, q_clothes: torch.Tensor, g_clothes: torch.Tensor,
-                  junk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rank_stats_body(q: torch.Tensor, g: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, slot: torch.Tensor,
+                     match_idx: torch.Tensor, is_match: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Squared euclidean rank statistics -> first_rank [Q] int64, ap [Q] fp64, inp [Q] fp64, num_matches [Q]
-    int64 (zeros for queries without a match); ``junk`` by code (0 none, 1 market, 2 ltcc-cc); label tensors the
-    rule does not use may be any int64 dummies."""
-    qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
-    r = finish_stats(*rank_stats_triton(q, g, q_pids, g_pids, qc, gc, qcl, gcl, JUNK_NAMES[junk]))
+    int64 (zeros for queries without a match). slot [G], match_idx [Q, R] and is_match [Q, R] are
+    ``kernels.rank_stats.match_layout`` of the labels (the protocol's junk rule is in is_match)."""
+    r = finish_stats(*rank_stats_launch(q, g, q_pids, g_pids, slot, match_idx, is_match))
     return r.first_rank, r.ap, r.inp, r.num_matches
 
 
-@rank_stats_op.register_kernel("cpu")
-def _rank_stats_cpu(q, g, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
-    from fastccreid.kernels.rank_stats import rank_stats
+rank_stats_op = triton_op("fastccreid::rank_stats_sqeuclid", mutates_args=())(_rank_stats_body)
 
-    qc, gc, qcl, gcl = _op_labels(q_camids, g_camids, q_clothes, g_clothes, junk)
-    r = rank_stats(q, g, "sqeuclidean", q_pids=q_pids, g_pids=g_pids, q_camids=qc, g_camids=gc, q_clothes=qcl,
-                   g_clothes=gcl, junk=JUNK_NAMES[junk], backend="torch")
+
+@rank_stats_op.register_kernel("cpu")
+def _rank_stats_cpu(q, g, q_pids, g_pids, slot, match_idx, is_match):
+    # the torch ops on the same layout: the seed's fp32 distances of a query chunk, then its matches sorted and its
+    # non-matches placed (kernels.rank_stats.chunk_stats); host reads are fine here (an opaque CPU kernel)
+    qf, gf = q.to(work_dtype(q)), g.to(work_dtype(g))
+    outs = []
+    rows = chunk_rows(g.shape[0])
+    for s in range(0, q.shape[0], rows):
+        d = seed_sqeuclidean_tiled(qf[s : s + rows], gf, normalize=False)
+        outs.append(chunk_stats(d, Matches(idx=match_idx[s : s + rows], is_match=is_match[s : s + rows])))
+    r = finish_stats(*(torch.cat(parts) for parts in zip(*outs, strict=True)))
     return r.first_rank, r.ap, r.inp, r.num_matches
 
 
 @rank_stats_op.register_fake
-def _rank_stats_fake(q, g, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
+def _rank_stats_fake(q, g, q_pids, g_pids, slot, match_idx, is_match):
     # shape-only kernel for tracing: the launchers cannot run on fake tensors under TRITON_INTERPRET=1
     n = q.shape[0]
     return (q.new_empty(n, dtype=torch.int64), q.new_empty(n, dtype=torch.float64),
             q.new_empty(n, dtype=torch.float64), q.new_empty(n, dtype=torch.int64))
+
+
+decompose_on_cuda_only(rank_stats_op, _rank_stats_body)

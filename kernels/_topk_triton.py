@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, sqeuclid_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, sqeuclid_tile
 from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
 from fastccreid.kernels.seed_distance import sq_norms
 
@@ -177,14 +177,16 @@ def _op_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: i
     return q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes
 
 
-@triton_op("fastccreid::topk_sqeuclid", mutates_args=())
-def topk_op(q: torch.Tensor, g: torch.Tensor, k: int, q_pids: torch.Tensor, g_pids: torch.Tensor,
-            q_camids: torch.Tensor, g_camids: torch.Tensor, q_clothes: torch.Tensor, g_clothes: torch.Tensor,
-            junk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk_body(q: torch.Tensor, g: torch.Tensor, k: int, q_pids: torch.Tensor, g_pids: torch.Tensor,
+               q_camids: torch.Tensor, g_camids: torch.Tensor, q_clothes: torch.Tensor, g_clothes: torch.Tensor,
+               junk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest (squared euclidean) per query -> values [Q, k] fp32, indices [Q, k] int64; ``junk`` by code
     (0 none, 1 market, 2 ltcc-cc); label tensors the rule does not use may be any int64 dummies."""
     labels = _op_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk)
     return topk_triton(q, g, k, labels, JUNK_NAMES[junk])
+
+
+topk_op = triton_op("fastccreid::topk_sqeuclid", mutates_args=())(_topk_body)
 
 
 @topk_op.register_kernel("cpu")
@@ -200,3 +202,6 @@ def _topk_cpu(q, g, k: int, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clo
 def _topk_fake(q, g, k: int, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: int):
     # shape-only kernel for tracing: the launcher cannot run on fake tensors under TRITON_INTERPRET=1
     return q.new_empty((q.shape[0], k), dtype=torch.float32), q.new_empty((q.shape[0], k), dtype=torch.int64)
+
+
+decompose_on_cuda_only(topk_op, _topk_body)

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, dot_fp32, gram_tile
 from fastccreid.kernels.pairwise_distance import SQ_FLOOR
 from fastccreid.kernels.triplet import mine_torch, mining_backward
 
@@ -144,12 +144,14 @@ def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
     return d_ap, d_an, pos, neg, n_same
 
 
-@triton_op("fastccreid::batch_hard_mining", mutates_args=())
-def batch_hard_mining_op(
+def _batch_hard_mining_body(
     x: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d_ap, d_an, pos_idx, neg_idx, n_same) for x [B, D] and int64 labels [B]."""
     return batch_hard_mining_launch(x, labels)
+
+
+batch_hard_mining_op = triton_op("fastccreid::batch_hard_mining", mutates_args=())(_batch_hard_mining_body)
 
 
 @batch_hard_mining_op.register_kernel("cpu")
@@ -180,3 +182,4 @@ def _backward(ctx, g_ap, g_an, _g_pos, _g_neg, _g_same):
 
 
 batch_hard_mining_op.register_autograd(_backward, setup_context=_setup_context)
+decompose_on_cuda_only(batch_hard_mining_op, _batch_hard_mining_body)

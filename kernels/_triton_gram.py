@@ -23,6 +23,27 @@ def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
     return grid
 
 
+def decompose_on_cuda_only(op, body) -> None:
+    """Under functionalization (torch.compile's AOT tracing) decompose the ``triton_op`` ``op`` into ``body`` (its
+    Triton launches become graph nodes Inductor can see) only for CUDA tensors; on CPU tensors keep it one opaque
+    op, so a compiled graph runs its registered CPU kernel (the torch twin) instead of Triton kernels that need a GPU
+    (or TRITON_INTERPRET=1, which cannot run on fake tensors). Replaces ``triton_op``'s own rule, which decomposes
+    on every device (torch/_library/triton.py: ``functional_decomp``); both keep the op whole under torch.export."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+
+    def rule(mode, func, types, args, kwargs):
+        if any(t not in (torch.Tensor, FakeTensor, FunctionalTensor) and not issubclass(t, FakeTensor) for t in types):
+            return NotImplemented
+        on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in (*args, *kwargs.values()))
+        if not on_cuda or not torch._functorch.config.decompose_custom_triton_ops:
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        with mode:
+            return body(*args, **kwargs)
+
+    op.register_torch_dispatch(FunctionalTensorMode, rule)
+
+
 def aligned_rows(x: torch.Tensor) -> torch.Tensor:
     """x [N, D] in the layout the kernels are compiled and checked for: contiguous, 16-byte aligned, D a multiple
     of 16 (zero columns appended: they add exactly 0 to dot products and norms). A D % 16 != 0 or a strided view

@@ -80,6 +80,37 @@ class PidIndex:
             keep = keep & (gc[idx] != qc[:, None]) & (gcl[idx] != qcl[:, None])
         return Matches(idx=idx, is_match=keep, pos=pos)
 
+    def slots(self) -> torch.Tensor:
+        """slot [G] int64: each gallery item's position inside its pid group (groups in ascending gallery index),
+        the column of ``gather``'s [C, Rmax] layout that item lands in."""
+        ng = self.order.numel()
+        start = torch.searchsorted(self.sorted_pids, self.sorted_pids, side="left")
+        slot = torch.empty(ng, dtype=torch.int64, device=self.order.device)
+        slot[self.order] = torch.arange(ng, device=self.order.device) - start
+        return slot
+
+
+@dataclass
+class MatchLayout:
+    """Host-side preparation of the fused rank op (``fastccreid::rank_stats_sqeuclid``), made before the op so the
+    op body reads nothing back (torch.compile traces it on fake tensors). slot [G] int64 (``PidIndex.slots``),
+    idx [Q, R] and is_match [Q, R] (``PidIndex.gather`` for every query; R = the widest same-pid group, >= 1)."""
+
+    slot: torch.Tensor
+    idx: torch.Tensor
+    is_match: torch.Tensor
+
+
+def match_layout(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk: str | None) -> MatchLayout:
+    """The same-pid layout of every query for the fused op. Reads one value back (R, the widest pid group): the
+    only host sync of a fused evaluation, made here, outside the op."""
+    index = PidIndex(g_pids)
+    lo, cnt = index.ranges(q_pids)
+    # a query without any same-pid gallery item may have lo == G: point its (all-padding) row at item 0
+    m = index.gather(torch.where(cnt > 0, lo, torch.zeros_like(lo)), cnt, q_camids, g_camids, q_clothes,
+                     g_clothes, junk)
+    return MatchLayout(slot=index.slots(), idx=m.idx, is_match=m.is_match)
+
 
 
 def sorted_matches(md: torch.Tensor, m: Matches):
@@ -323,12 +354,14 @@ __all__ = [
     "JUNK_RULES",
     "METRICS",
     "PRECISIONS",
+    "MatchLayout",
     "Matches",
     "PidIndex",
     "RankStats",
     "chunk_stats",
     "finish_stats",
     "gallery_cache",
+    "match_layout",
     "place",
     "rank_stats",
     "seed_normalize",

@@ -47,7 +47,9 @@ def test_fp64_cuda_inputs_route_to_torch(monkeypatch):
     assert kernel_backend("auto", _fake(torch.float32, "cpu")) == "torch"
     rows = doctor.backend_choices(devices=("cuda",), dtypes=(torch.float64, torch.float32))
     assert {r["backend"] for r in rows if r["dtype"] == "float64"} == {"torch"}
-    assert {r["backend"] for r in rows if r["dtype"] == "float32"} == {"triton"}
+    # CUDA evaluation stays on the torch path under "auto" until a GPU has timed both (kernels/_backend.py)
+    assert {(r["op"], r["backend"]) for r in rows if r["dtype"] == "float32"} == {
+        (op, "torch" if op == "rank_stats" else "triton") for op in doctor.OPS}
     assert {r["op"] for r in rows} == set(doctor.OPS)
 
 

@@ -15,9 +15,17 @@ import torch
 
 from fastccreid.evaluation.gallery import TILE, Gallery, tiled_chunk_stats
 from fastccreid.evaluation.workspace import Workspace
-from fastccreid.kernels._backend import kernel_backend
-from fastccreid.kernels.checks import JUNK_CODES, check_choice, check_rank_inputs, require_finite
-from fastccreid.kernels.rank_stats import METRICS, PRECISIONS, PidIndex, RankStats, chunk_stats, finish_stats
+from fastccreid.kernels._backend import rank_stats_backend
+from fastccreid.kernels.checks import check_choice, check_rank_inputs, require_finite
+from fastccreid.kernels.rank_stats import (
+    METRICS,
+    PRECISIONS,
+    PidIndex,
+    RankStats,
+    chunk_stats,
+    finish_stats,
+    match_layout,
+)
 from fastccreid.kernels.seed_distance import (
     CHUNK_BYTES,
     chunk_distance,
@@ -61,20 +69,21 @@ def rank_stats(
     else:
         require_finite(q)  # the gallery is checked below, in its own pass where it is streamed once
         tensors = (q, g)
-    use_triton = kernel_backend(backend, *tensors) == "triton"  # fp64 stays on the torch path, in fp64
+    # backend="auto" keeps CUDA evaluation on the torch path until a GPU has measured both (kernels/_backend.py,
+    # rank_stats_backend); fp64 stays on the torch path, in fp64
+    use_triton = rank_stats_backend(backend, *tensors) == "triton"
     if use_triton and metric == "sqeuclidean":
         require_finite(g)
-        from fastccreid.kernels._rank_stats_triton import rank_stats_triton
+        from fastccreid.kernels._rank_stats_triton import rank_stats_launch, rank_stats_op
 
         qn, gn = (seed_normalize(q), seed_normalize(g)) if normalize else (q, g)
-        if qn.is_cuda:  # the registered op (torch.compile sees through it); on CPU its kernel is the torch path
-            from fastccreid.kernels._rank_stats_triton import rank_stats_op
-
-            dummy = torch.zeros(1, dtype=torch.int64, device=device)
-            lab = [dummy if t is None else t for t in (qc, gc, qcl, gcl)]
-            return finish_stats(*rank_stats_op(qn, gn, qp, gp, *lab, JUNK_CODES[junk]))
-        first, ap, inp, nmatch = rank_stats_triton(qn, gn, qp, gp, qc, gc, qcl, gcl, junk)
-        return finish_stats(first, ap, inp, nmatch)
+        # the host side (pid grouping, the match layout and its width: one read-back) before the op, whose body then
+        # reads nothing back and traces under torch.compile
+        lay = match_layout(qp, gp, qc, gc, qcl, gcl, junk)
+        # CUDA: the registered op (torch.compile sees its Triton kernels); CPU (TRITON_INTERPRET=1): the launcher,
+        # since the op's CPU kernel is the torch path
+        run = rank_stats_op if qn.is_cuda else rank_stats_launch
+        return finish_stats(*run(qn, gn, qp, gp, lay.slot, lay.idx, lay.is_match))
     # Precomputed distances and the other metrics run the vectorised torch path on the tensors' own device
     # (exact, chunked the same way) also when Triton is chosen.
 

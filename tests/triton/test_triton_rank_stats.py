@@ -69,17 +69,38 @@ def test_triton_normalised_features(shape):
 
 @pytest.mark.parametrize("junk", JUNKS)
 def test_registered_op_matches_oracle_and_compiles_fullgraph(junk):
-    """torch.ops.fastccreid.rank_stats_sqeuclid (its CPU kernel or CUDA kernel, and the Triton body) against the
-    oracle; torch.compile(fullgraph=True) traces a function calling it without a graph break."""
+    """torch.ops.fastccreid.rank_stats_sqeuclid (its CPU kernel or CUDA kernel, and the Triton launcher its body
+    runs) on a ``match_layout`` against the oracle; torch.compile(fullgraph=True) traces a function calling it
+    without a graph break."""
     import fastccreid.kernels._rank_stats_triton as R  # registers fastccreid::rank_stats_sqeuclid
+    from fastccreid.kernels.rank_stats import match_layout
 
     op = torch.ops.fastccreid.rank_stats_sqeuclid
     q, g, lab = _case((11, 40, 16), torch.float32, seed=4)
-    args = (q.to(DEVICE), g.to(DEVICE), *(v.to(DEVICE) for v in lab.values()), R.JUNK_CODES[junk])
+    lab_dev = [v.to(DEVICE) for v in lab.values()]
+    qp, gp, qc, gc, qcl, gcl = lab_dev
+    lay = match_layout(qp, gp, qc, gc, qcl, gcl, junk)
+    args = (q.to(DEVICE), g.to(DEVICE), qp, gp, lay.slot, lay.idx, lay.is_match)
     dm = seed_sqeuclidean_f64(q, g)
-    for out in (op(*args), R.rank_stats_op._init_fn(*args)):
-        first, ap, inp, nmatch = (t.cpu() for t in out)
+    for out in (op(*args), R.finish_stats(*R.rank_stats_launch(*args)).__dict__.values()):
+        first, ap, inp, nmatch = (t.cpu() for t in list(out)[:4])
         assert first.dtype == torch.int64 and ap.dtype == torch.float64 and nmatch.dtype == torch.int64
         _check_against_oracle(first, ap, inp, nmatch, dm, lab, junk, 1e-12, 0.0)
     comp = torch.compile(lambda *a: op(*a)[1].sum(), fullgraph=True, backend="eager")
     torch.testing.assert_close(comp(*args), op(*args)[1].sum(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("nq,ng,npid", [(40, 300, 3), (37, 200, 40)])
+def test_placement_with_wide_and_mixed_match_counts(nq, ng, npid):
+    """Query blocks whose rows have very different match counts (a few pids with ~100 gallery items each, or
+    many pids with a handful): the placement loops to each block's own widest row and adds one count per
+    (row, rank); every row's histogram must still give the oracle's ranks."""
+    gen = torch.Generator().manual_seed(nq + ng)
+    q, g = torch.randn(nq, 16, generator=gen), torch.randn(ng, 16, generator=gen)
+    g[7] = g[2]  # exact ties
+    lab = torch_labels(gen, nq, ng, npid=npid)
+    lab["g_pids"][: ng // 2] = 0  # one pid holds half the gallery, next to rows with a handful of matches
+    st = rank_stats(q.to(DEVICE), g.to(DEVICE), junk="market", backend="triton",
+                    **{k: v.to(DEVICE) for k, v in lab.items()})
+    _check_against_oracle(st.first_rank.cpu(), st.ap.cpu(), st.inp.cpu(), st.num_matches.cpu(),
+                          seed_sqeuclidean_f64(q, g), lab, "market", 1e-12, 0.0)
