@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranking", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="feature precision for the distance screening (results stay exact with fp32)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="evaluate with the gallery sharded over N gloo processes on this machine (each reads only "
+                        "its rows of a .npy gallery); the result equals one process's. Under torchrun: its ranks")
 
     p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout",
                        description="Procedural people: identity cues persist across outfits, clothes change, "

@@ -4,6 +4,10 @@ Formats (one file per set):
 - ``.npz`` with keys ``feats`` [N, D] float, ``pids`` [N] int, ``camids`` [N] int, optional ``clothes`` [N] int;
 - ``.pt``: a dict with the same keys (tensors or arrays), read with ``torch.load(weights_only=True)``;
 - ``.npy``: the features [N, D] alone, labels in a sibling ``<name>.labels.npz`` (keys pids, camids[, clothes]).
+
+``--nproc N`` (or torchrun) evaluates with the gallery sharded over N processes (README, Evaluator over N
+processes): each reads its contiguous rows only, memory-mapped from a ``.npy`` (an ``.npz`` / ``.pt`` is read whole
+and sliced).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class FeatureSet:
     camids: np.ndarray
     clothes: np.ndarray | None
     path: str = ""
+    total_rows: int = -1  # rows of the whole file when this set is one process's shard of it (else -1)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -125,8 +130,30 @@ def _read_pt(path: str):
     return _guarded(path, lambda: torch.load(path, map_location="cpu", weights_only=True))
 
 
-def load_features(path: str) -> FeatureSet:
-    """Read a set in any of the module's formats, checking keys, shapes and values (errors name file and key)."""
+def _shard_rows(data: dict, path: str, shard: tuple[int, int]) -> tuple[dict, int]:
+    """Rank ``shard[0]`` of ``shard[1]``'s contiguous rows of every per-row array (features memory-mapped from a
+    .npy are read here, for these rows only); returns the sliced data and the file's row count."""
+    from fastccreid.evaluation.sharded import shard_bounds
+
+    feats = data.get("feats")
+    if not hasattr(feats, "shape") or len(feats.shape) != 2:
+        return data, -1  # _validate names what is wrong with it
+    n = feats.shape[0]
+    lo, hi = shard_bounds(n, *shard)
+    if hi <= lo:
+        raise ValueError(f"{path}: {n} rows cannot be shared by {shard[1]} processes (one would get none); use "
+                         f"--nproc {max(1, n)} or fewer")
+    out = {}
+    for k, v in data.items():
+        v = v if k == "feats" else np.asarray(v)
+        out[k] = np.array(v[lo:hi]) if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n else v
+    return out, n
+
+
+def load_features(path: str, shard: tuple[int, int] | None = None) -> FeatureSet:
+    """Read a set in any of the module's formats, checking keys, shapes and values (errors name file and key).
+
+    ``shard`` (rank, world): only that process's contiguous rows (``evaluation.sharded.shard_bounds``)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.endswith(".npz"):
@@ -142,26 +169,40 @@ def load_features(path: str) -> FeatureSet:
         if not os.path.exists(labels):
             raise FileNotFoundError(f"{path}: a .npy holds features only; its labels file {labels} "
                                     "(keys pids, camids[, clothes]) is missing")
-        data = {"feats": _guarded(path, lambda: np.load(path, allow_pickle=False)), **_read_npz(labels)}
+        mmap = "r" if shard is not None else None  # a shard reads its own rows of the file only
+        data = {"feats": _guarded(path, lambda: np.load(path, mmap_mode=mmap, allow_pickle=False)),
+                **_read_npz(labels)}
         path = f"{path} (+ {os.path.basename(labels)})"
     else:
         raise ValueError(f"{path}: unknown format; use .npz, .pt or .npy (+ .labels.npz)")
-    return _validate(data, path)
+    if shard is None:
+        return _validate(data, path)
+    data, total = _shard_rows(data, path, shard)
+    fs = _validate(data, path)
+    fs.total_rows = total
+    return fs
 
 
 def run_eval_features(args) -> int:
-    """``fastccreid eval-features QUERY GALLERY``: print the standard table and optionally write JSON."""
+    """``fastccreid eval-features QUERY GALLERY``: print the standard table and optionally write JSON.
+
+    ``--nproc N`` > 1 starts N gloo processes on this machine (``_launch``); a process that torchrun or that
+    launcher started (WORLD_SIZE > 1) evaluates its shard of the gallery, and rank 0 prints and writes."""
+    nproc = getattr(args, "nproc", 1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nproc < 1:
+        print(f"fastccreid eval-features: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        return 2
+    if nproc > 1 and world <= 1:
+        return _launch(args, nproc)
+    if world > 1:
+        return _run_rank(args)
     from fastccreid.metrics import evaluate
 
     try:
         q = load_features(args.query)
         g = load_features(args.gallery)
-        if q.feats.shape[1] != g.feats.shape[1]:
-            raise ValueError(f"feature dims differ: {args.query} has D={q.feats.shape[1]}, {args.gallery} has "
-                             f"D={g.feats.shape[1]}")
-        if args.protocol == "ltcc-cc" and (q.clothes is None or g.clothes is None):
-            missing = args.query if q.clothes is None else args.gallery
-            raise ValueError(f"{missing}: protocol ltcc-cc needs the 'clothes' key")
+        _check_pair(args, q, g)
         res = evaluate(
             qf=q.feats, gf=g.feats, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids, g_camids=g.camids,
             q_clothes=q.clothes, g_clothes=g.clothes, protocol=args.protocol, max_rank=args.max_rank,
@@ -171,16 +212,109 @@ def run_eval_features(args) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"fastccreid eval-features: error: {exc}", file=sys.stderr)
         return 2
-    print(f"query {q.feats.shape[0]} x gallery {g.feats.shape[0]} (D={q.feats.shape[1]})")
+    _report(args, res, q.feats.shape, g.feats.shape[0], 1)
+    return 0
+
+
+def _check_pair(args, q: FeatureSet, g: FeatureSet) -> None:
+    if q.feats.shape[1] != g.feats.shape[1]:
+        raise ValueError(f"feature dims differ: {args.query} has D={q.feats.shape[1]}, {args.gallery} has "
+                         f"D={g.feats.shape[1]}")
+    if args.protocol == "ltcc-cc" and (q.clothes is None or g.clothes is None):
+        missing = args.query if q.clothes is None else args.gallery
+        raise ValueError(f"{missing}: protocol ltcc-cc needs the 'clothes' key")
+
+
+def _report(args, res, qshape, num_gallery: int, nproc: int) -> None:
+    """The table on stdout and, with --json, the result written atomically."""
+    print(f"query {qshape[0]} x gallery {num_gallery} (D={qshape[1]})")
     print(res.table())
     if args.json_out:
         payload = res.as_dict()
-        payload.update(query=args.query, gallery=args.gallery, num_gallery=int(g.feats.shape[0]),
-                       reranking=bool(getattr(args, "reranking", False)))
+        payload.update(query=args.query, gallery=args.gallery, num_gallery=int(num_gallery),
+                       reranking=bool(getattr(args, "reranking", False)), nproc=int(nproc))
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)) or ".", exist_ok=True)
         tmp = args.json_out + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
         os.replace(tmp, args.json_out)  # atomic: a reader never sees half a file
         print(f"wrote {args.json_out}")
-    return 0
+
+
+def _run_rank(args) -> int:
+    """One process of a sharded evaluation: all queries, this rank's gallery rows; every rank stops together on an
+    error (its own message, or on rank 0 which rank failed)."""
+    import torch
+    import torch.distributed as dist
+
+    from fastccreid.engine.distributed import cleanup, setup
+    from fastccreid.evaluation.sharded import Comm
+    from fastccreid.metrics import evaluate
+
+    ctx = setup(use_cpu=True)  # gloo: the features are read into CPU memory
+    try:
+        try:
+            err, q, g = None, None, None
+            try:
+                q = load_features(args.query)
+                g = load_features(args.gallery, shard=(ctx.rank, ctx.world_size))
+                _check_pair(args, q, g)
+            except (ValueError, TypeError, FileNotFoundError) as exc:
+                err = exc
+            Comm(dist.group.WORLD, torch.device("cpu")).agree(err)
+            res = evaluate(
+                qf=q.feats, gf=g.feats, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids, g_camids=g.camids,
+                q_clothes=q.clothes, g_clothes=g.clothes, protocol=args.protocol, max_rank=args.max_rank,
+                normalize=getattr(args, "normalize", True), precision=getattr(args, "precision", "fp32"),
+                rerank=getattr(args, "reranking", False), process_group=True,
+            )
+        except RuntimeError as exc:  # another rank failed: it printed why
+            if ctx.rank == 0:
+                print(f"fastccreid eval-features: error: {exc}", file=sys.stderr)
+            return 2
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            if ctx.rank == 0 or err is not None:
+                prefix = f"rank {ctx.rank}: " if err is not None and ctx.rank else ""
+                print(f"fastccreid eval-features: error: {prefix}{exc}", file=sys.stderr)
+            return 2
+        if ctx.rank == 0:
+            _report(args, res, q.feats.shape, g.total_rows, ctx.world_size)
+        return 0
+    finally:
+        cleanup()
+
+
+def _launch(args, nproc: int) -> int:
+    """Start ``nproc`` ranks of this command on this machine (gloo, a file-store rendezvous in a private folder,
+    as ``fastccreid train --nproc``); returns 0 or the first failing rank's exit code."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from fastccreid.engine.distributed import INIT_METHOD_ENV
+    from fastccreid.engine.launch import _die_with_parent, _supervise
+
+    argv = [sys.executable, "-m", "fastccreid", "eval-features", args.query, args.gallery, "--protocol",
+            args.protocol, "--max-rank", str(args.max_rank), "--precision", getattr(args, "precision", "fp32")]
+    if args.json_out:
+        argv += ["--json", args.json_out]
+    if not getattr(args, "normalize", True):
+        argv.append("--no-normalize")
+    if getattr(args, "reranking", False):
+        argv.append("--reranking")
+    workdir = tempfile.mkdtemp(prefix="fastccreid-eval-")
+    env = dict(os.environ, WORLD_SIZE=str(nproc), **{INIT_METHOD_ENV: "file://" + os.path.join(workdir, "store")})
+    # the machine's cores shared among the ranks (each would start one thread per core), unless the user chose
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    procs = []
+    try:
+        for rank in range(nproc):
+            procs.append(subprocess.Popen(argv, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+                                          start_new_session=True, preexec_fn=_die_with_parent))
+        return _supervise(procs, [], "fastccreid eval-features")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(workdir, ignore_errors=True)

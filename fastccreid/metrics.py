@@ -98,6 +98,7 @@ def evaluate(
     cuhk03_seed: int | None = 0,
     chunk_size: int | None = None,
     backend: str = "auto",
+    process_group=None,
 ) -> EvalResult:
     """CMC / mAP / mINP of a query set against a gallery under ``protocol`` (README, Evaluator).
 
@@ -107,7 +108,23 @@ def evaluate(
     ``rerank`` applies k-reciprocal re-ranking (``fastccreid.rerank``) first. protocol "cuhk03" is torchreid's
     single-gallery-shot CMC (10 draws of one gallery image per identity; ``cuhk03_seed`` None draws from numpy's
     global RNG exactly as torchreid does, an int seeds a private RandomState). Inputs: numpy or torch, any device.
+
+    ``process_group``: None evaluates in this process. True (the default ``torch.distributed`` group) or a
+    ProcessGroup evaluates with the gallery sharded over its processes (README, Evaluator over N processes): every
+    process passes the same queries (``qf`` / ``q_*``) and its own contiguous shard of the gallery (``gf`` rows, or
+    ``distmat``'s columns, and ``g_*``), shards in rank order; every process returns the result one process gives
+    for the whole gallery, exactly. Not with ``rerank``, protocol "cuhk03", precision other than "fp32" or float64
+    features (ValueError on every process).
     """
+    if process_group is not None:
+        from fastccreid.evaluation.sharded import sharded_stats
+
+        st, nq, ng = sharded_stats(distmat, qf, gf, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
+                                   g_camids=g_camids, q_clothes=q_clothes, g_clothes=g_clothes, protocol=protocol,
+                                   protocols=PROTOCOLS, junk_of=_JUNK, precision=precision, precisions=PRECISIONS,
+                                   max_rank=max_rank, normalize=normalize, rerank=rerank, chunk_size=chunk_size,
+                                   backend=backend, process_group=process_group)
+        return _result(st, protocol, max_rank, nq, ng, return_per_query)
     from fastccreid.evaluation import rank_stats
     from fastccreid.kernels.checks import as_tensor, check_eval_inputs, require_finite
 
@@ -144,6 +161,18 @@ def evaluate(
     else:
         # raw features: rank_stats normalises as the seed, tile by tile when a normalised copy would not fit
         st = rank_stats(q, g, "sqeuclidean", normalize=normalize, precision=precision, **kwargs)
+    cmc = None
+    if protocol == "cuhk03":
+        if distmat is None and not rerank:
+            dm = None
+        cmc = _cuhk03_cmc(dm, q if dm is None else None, g if dm is None else None, qp, gp, qc, gc,
+                          st.valid, min(int(max_rank), ng), cuhk03_seed)
+    return _result(st, protocol, max_rank, nq, ng, return_per_query, cmc)
+
+
+def _result(st, protocol: str, max_rank: int, nq: int, ng: int, return_per_query: bool,
+            cmc: np.ndarray | None = None) -> EvalResult:
+    """``EvalResult`` from per-query stats (the CMC from the first-match ranks unless ``cmc`` is given)."""
     valid = st.valid.cpu().numpy()
     nvalid = int(valid.sum())
     if nvalid == 0:
@@ -152,12 +181,7 @@ def evaluate(
     cut = min(int(max_rank), ng)
     ap = st.ap.cpu().numpy()[valid]
     inp = st.inp.cpu().numpy()[valid]
-    if protocol == "cuhk03":
-        if distmat is None and not rerank:
-            dm = None
-        cmc = _cuhk03_cmc(dm, q if dm is None else None, g if dm is None else None, qp, gp, qc, gc,
-                          st.valid, cut, cuhk03_seed)
-    else:
+    if cmc is None:
         first = st.first_rank.cpu().numpy()[valid]
         counts = np.bincount(np.minimum(first, cut + 1) - 1, minlength=cut + 1)[:cut]
         cmc = np.cumsum(counts) / nvalid
