@@ -109,3 +109,92 @@ def test_swapped_import_in_a_peer_style_script(import_line, call, tmp_path):
     ref_cmc, ref_ap, _ = market_loop(dm, qp, gp, qc, gc, 50)
     assert f"mAP: {np.mean(ref_ap):.6f}" in out
     assert f"Rank-1  : {ref_cmc[0]:.6f}" in out
+
+
+# ------------------------------------------------------------------ Simple-CCReID / CAL and the seed / FIRe forms
+
+
+def _simple_ccreid_oracle(dm, qp, gp, qc, gc, qcl=None, gcl=None, mode=None):
+    """Simple-CCReID's loop written out from its definition (stable sort): per query the good set (same pid, other
+    camera; CC: other clothes, SC: same clothes) and junk set (same pid with the same camera; CC: or the same
+    clothes, SC: or other clothes); AP as its running sum of precision / #good; CMC [G] = 1 from the first good
+    item (ranked among the non-junk) onwards; both averaged over queries with a good item."""
+    ng = dm.shape[1]
+    cmc_sum, ap_sum, n = np.zeros(ng), 0.0, 0
+    for i in range(dm.shape[0]):
+        same = gp == qp[i]
+        good = same & (gc != qc[i])
+        junk = same & (gc == qc[i])
+        if mode == "CC":
+            good &= gcl != qcl[i]
+            junk |= same & (gcl == qcl[i])
+        elif mode == "SC":
+            good &= gcl == qcl[i]
+            junk |= same & (gcl != qcl[i])
+        if not good.any():
+            continue
+        order = [j for j in np.argsort(dm[i], kind="stable") if not junk[j]]
+        hits = [r for r, j in enumerate(order) if good[j]]
+        ap = 0.0
+        for k, r in enumerate(hits):
+            ap += (1.0 / len(hits)) * ((k + 1.0) / (r + 1.0))
+        cmc = np.zeros(ng)
+        cmc[hits[0]:] = 1.0
+        cmc_sum += cmc
+        ap_sum += ap
+        n += 1
+    return cmc_sum / n, ap_sum / n
+
+
+def _cc_case(seed: int, ties: bool):
+    rng = np.random.default_rng(seed)
+    nq, ng = 23, 70
+    dm = rng.integers(0, 4, (nq, ng)).astype(np.float32) if ties else rng.random((nq, ng)).astype(np.float32)
+    return (dm, rng.integers(0, 9, nq), rng.integers(0, 7, ng), rng.integers(0, 3, nq), rng.integers(0, 3, ng),
+            rng.integers(0, 3, nq), rng.integers(0, 3, ng))
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_simple_ccreid_forms(seed, ties):
+    from fastccreid.compat import simple_ccreid as sc
+
+    dm, qp, gp, qc, gc, qcl, gcl = _cc_case(seed, ties)
+    cmc, mAP = sc.evaluate(dm, qp, gp, qc, gc)
+    ref_cmc, ref_map = _simple_ccreid_oracle(dm, qp, gp, qc, gc)
+    assert cmc.dtype == np.float64 and cmc.shape == (dm.shape[1],) and isinstance(mAP, np.float64)
+    np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=1e-12)
+    assert abs(mAP - ref_map) <= 1e-12
+    for mode in ("CC", "SC"):
+        cmc, mAP = sc.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl, mode=mode)
+        ref_cmc, ref_map = _simple_ccreid_oracle(dm, qp, gp, qc, gc, qcl, gcl, mode)
+        assert cmc.shape == (dm.shape[1],) and isinstance(mAP, np.float64), mode
+        np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=1e-12, err_msg=mode)
+        assert abs(mAP - ref_map) <= 1e-12, mode
+
+
+def test_simple_ccreid_no_ground_truth_and_bad_mode():
+    from fastccreid.compat import simple_ccreid as sc
+
+    dm, qp, gp, qc, gc, qcl, gcl = _cc_case(3, False)
+    cmc, mAP = sc.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl + 10, mode="SC")  # no same clothes anywhere
+    assert mAP == 0 and cmc.shape == (dm.shape[1],) and not cmc.any()
+    with pytest.raises(ValueError, match=r"mode must be one of \('CC', 'SC'\)"):
+        sc.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl, mode="cc")
+
+
+@pytest.mark.parametrize("seed,ties", [(4, False), (5, True)])
+def test_fire_forms_equal_the_seed(seed, ties):
+    from fastccreid.compat import fire
+    from fastccreid.reference import evaluation as ref
+
+    dm, qp, gp, qc, gc, qcl, gcl = _cc_case(seed, ties)
+    calls = [(fire.evaluate(dm, qp, gp, qc, gc, max_rank=20), ref.evaluate(dm, qp, gp, qc, gc, max_rank=20)),
+             (fire.evaluate_prcc_all_gallery(dm, qp, gp, max_rank=100),
+              ref.evaluate_prcc_all_gallery(dm, qp, gp, max_rank=100, skip_no_match=True))]
+    for cc in (False, True):
+        calls.append((fire.evaluate_ltcc(dm, qp, gp, qc, gc, qcl, gcl, ltcc_cc_setting=cc),
+                      ref.evaluate_ltcc(dm, qp, gp, qc, gc, qcl, gcl, ltcc_cc_setting=cc)))
+    for k, ((cmc, mAP), (rcmc, rmap, _)) in enumerate(calls):
+        assert cmc.dtype == np.float32 and isinstance(mAP, np.float64), k
+        np.testing.assert_array_equal(cmc, rcmc, err_msg=str(k))  # float32 sums / count, as theirs: bit-equal
+        assert abs(mAP - rmap) <= 1e-12, k
