@@ -16,7 +16,7 @@ import torch
 from fastccreid.data.hostaug import BadImageError, pick_replacement
 from fastccreid.data.records import ImageRecord
 from fastccreid.data.sampler import IdentitySampler
-from fastccreid.data.transforms import normalize_on_device
+from fastccreid.data.transforms import host_to_device, normalize_on_device
 
 
 @dataclass
@@ -66,7 +66,7 @@ def labels_on_device(records: Sequence[ImageRecord], indices: np.ndarray,
     """[pids, camids, clothes_ids], each int64 [B] on ``device``, of ``records[indices]``."""
     arr = np.array([(records[i].pid, records[i].camid, records[i].clothes_id) for i in indices], dtype=np.int64)
     arr = arr.reshape(-1, 3)
-    t = torch.from_numpy(arr).to(device, non_blocking=True)
+    t = host_to_device(torch.from_numpy(arr), device)  # pinned + non_blocking on CUDA: the host does not wait
     return [t[:, 0], t[:, 1], t[:, 2]]
 
 

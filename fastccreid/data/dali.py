@@ -37,6 +37,7 @@ from fastccreid.data.transforms import (
     BadImageError,
     check_magic,
     flip_pad_crop_uint8,
+    host_to_device,
     load_rgb,
     normalize_on_device,
     paint_boxes,
@@ -323,7 +324,8 @@ class DaliTrainLoader(EpochTrainLoader):
                     images, index, boxes = outputs[:3]
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
                     pids, camids, clothes = labels_on_device(self.records, indices.numpy(), self.device)
-                    box = torch.from_numpy(boxes.as_array().reshape(-1, 8)).to(self.device)
+                    # pinned + non_blocking on CUDA (host_to_device): the host queues the step instead of waiting
+                    box = host_to_device(torch.from_numpy(boxes.as_array().reshape(-1, 8)), self.device)
                     if source.host_resize:
                         x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 2))
                         if self.normalize_in_loader:
@@ -332,8 +334,8 @@ class DaliTrainLoader(EpochTrainLoader):
                         x = _to_torch(images, self.device, self.normalize_in_loader)
                         if self.normalize_in_loader:  # paint the padding band and erase boxes (~1 ms a batch)
                             x = paint_boxes(x, box[:, :4], box[:, 4:])
-                    yield Batch(x, pids, camids, clothes, indices.to(self.device), self.normalize_in_loader,
-                                box[:, :4], box[:, 4:])
+                    yield Batch(x, pids, camids, clothes, host_to_device(indices, self.device),
+                                self.normalize_in_loader, box[:, :4], box[:, 4:])
                     consumed += 1
             except Exception:  # noqa: BLE001 - a failed decode (RuntimeError) or a worker's error (bare Exception)
                 # parallel mode: the workers run at most a few batches ahead; look at those only
@@ -404,7 +406,8 @@ class DaliEvalLoader(EpochEvalLoader):
                             x = normalize_on_device(x)
                     else:
                         x = _to_torch(images, self.device, self.normalize_in_loader)
-                    yield Batch(x, pids, camids, clothes, indices.to(self.device), self.normalize_in_loader)
+                    yield Batch(x, pids, camids, clothes, host_to_device(indices, self.device),
+                                self.normalize_in_loader)
                     done += len(indices)
                     batches += 1
             except RuntimeError:

@@ -10,6 +10,7 @@ exactly.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -31,6 +32,39 @@ from fastccreid.data.hostaug import (  # noqa: F401  (re-exported: the loaders' 
 # tests pin both to these literals.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def norm_constants(device: torch.device, dtype: torch.dtype, period: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) [3 * period] of ``x * scale + shift == (x/255 - mean)/std`` (the RGB triple repeated ``period``
+    times: one HWC row) on ``device``, built once per (device, dtype, period). ``torch.tensor(..., device=cuda)`` is
+    a blocking host-to-device copy; a step that built its constants anew would stall the host on the GPU every
+    batch. Shared: read only. (Under torch.compile tracing they are built in the graph, never cached.)"""
+    if torch.compiler.is_compiling():
+        return _build_norm_constants(device, dtype, period)
+    return _cached_norm_constants(torch.device(device), dtype, period)
+
+
+def _build_norm_constants(device, dtype, period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+    shift = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    return (torch.tensor(scale * period, device=device, dtype=dtype),
+            torch.tensor(shift * period, device=device, dtype=dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_norm_constants(device: torch.device, dtype: torch.dtype, period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # plain tensors even when first asked for during evaluation
+        return _build_norm_constants(device, dtype, period)
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device`` without blocking the host: a CPU tensor headed for CUDA is copied from pinned memory with
+    ``non_blocking=True`` (a pageable source makes the copy synchronous), so the host can queue the next step while
+    it runs. Pinning needs CUDA (``torch.cuda.is_available()``); on CPU the tensor is returned as is."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda" and torch.cuda.is_available() and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -134,13 +168,11 @@ def normalize_on_device(images: torch.Tensor, erase_boxes: torch.Tensor | None =
         # [1, 3, 1, 1] broadcast over channels_last memory has an inner loop of 3 (2.6 vs 5.2 ms on 2 CPU threads).
         b, h, w, _ = images.shape
         rows = images.view(b, h, w * 3)
-        sc = torch.tensor(scale * w, device=dev, dtype=dtype)
-        sh = torch.tensor(shift * w, device=dev, dtype=dtype)
+        sc, sh = norm_constants(dev, dtype, w)  # cached per device: no host-to-device copy per batch
         flat = None if out is None else out.permute(0, 2, 3, 1).view(b, h, w * 3)
         y = torch.addcmul(sh, rows, sc, out=flat).view(b, h, w, 3).permute(0, 3, 1, 2)
     else:
-        sc = torch.tensor(scale, device=dev, dtype=dtype).view(1, 3, 1, 1)
-        sh = torch.tensor(shift, device=dev, dtype=dtype).view(1, 3, 1, 1)
+        sc, sh = (c.view(1, 3, 1, 1) for c in norm_constants(dev, dtype))
         y = torch.addcmul(sh, x, sc, out=out)
     y = paint_boxes(y, erase_boxes, valid_boxes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -153,8 +185,7 @@ def paint_boxes(out: torch.Tensor, erase_boxes: torch.Tensor | None, valid_boxes
     erase box (see ``normalize_on_device``). CPU: in place, a few slice writes per sample; accelerators: masks."""
     if erase_boxes is None and valid_boxes is None:
         return out
-    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)], device=out.device,
-                         dtype=out.dtype).view(1, 3, 1, 1)
+    shift = norm_constants(out.device, out.dtype)[1].view(1, 3, 1, 1)  # cached per device (read only)
     if out.device.type == "cpu":
         _paint_boxes_loop(out, erase_boxes, valid_boxes, shift[0])
         return out
@@ -195,7 +226,7 @@ def _paint_boxes_masked(out: torch.Tensor, erase: torch.Tensor | None, valid: to
     """Accelerators: broadcast masks, no per-sample launches."""
     h, w = out.shape[2], out.shape[3]
     if valid is not None:
-        out = torch.where(_box_mask(valid.to(out.device), h, w), out, shift)
+        out = torch.where(_box_mask(host_to_device(valid, out.device), h, w), out, shift)
     if erase is not None:
-        out.masked_fill_(_box_mask(erase.to(out.device), h, w), 0.0)  # ``out`` is ours: fill in place
+        out.masked_fill_(_box_mask(host_to_device(erase, out.device), h, w), 0.0)  # ``out`` is ours: in place
     return out
