@@ -170,7 +170,8 @@ def _rank_stats_cpu(q, g, q_pids, g_pids, slot, match_idx, is_match):
     # the torch ops on the same layout: the seed's fp32 distances of a query chunk, then its matches sorted and its
     # non-matches placed (kernels.rank_stats.chunk_stats); host reads are fine here (an opaque CPU kernel)
     qf, gf = q.to(work_dtype(q)), g.to(work_dtype(g))
-    outs = []
+    outs = [(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64),
+             torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64))]  # Q = 0 gives these
     rows = chunk_rows(g.shape[0])
     for s in range(0, q.shape[0], rows):
         d = seed_sqeuclidean_tiled(qf[s : s + rows], gf, normalize=False)
