@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic LTCC -> train CSSC -> evaluate, in minutes on a CPU")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, plots)")
     p.add_argument("--ids", type=int, default=24, help="synthetic identities")
-    p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the demo's default)")
+    p.add_argument("--epochs", type=int, default=0, help="training epochs (0: as many as fit --minutes)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training time budget (default 3.5): the first steps are timed and the epochs sized to fit "
+                        "(4 to 16 epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--use_cpu", action="store_true", help="stay on the CPU even when a GPU is present")
 

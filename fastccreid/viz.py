@@ -29,26 +29,36 @@ def plot_cmc(curves: dict[str, Sequence[float]], path: str, title: str = "CMC", 
         import matplotlib.pyplot as plt
     except ImportError:
         return _plot_cmc_pil(curves, path, title, max_rank)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     for label, cmc in curves.items():
         y = np.asarray(cmc, dtype=np.float64)[:max_rank] * 100
         ax.plot(np.arange(1, len(y) + 1), y, marker="o", markersize=3, label=f"{label} (R-1 {y[0]:.1f}%)")
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
-    ax.set_xlim(1, max_rank)
-    ax.set_xticks([1, *range(5, max_rank + 1, 5)])
+    ax.set_xlim(0.5, max_rank + 0.5)
+    ax.set_xticks(rank_ticks(max_rank))
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    # The legend beside the axes, never over the curves.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+def rank_ticks(max_rank: int) -> list[int]:
+    """The ranks people read a CMC at: 1, 5, 10, 20, 50, 100, 200, 500, ... up to ``max_rank``."""
+    ticks, scale = [1, 5], 10
+    while scale <= max_rank:
+        ticks += [scale * m for m in (1, 2, 5)]
+        scale *= 10
+    return [t for t in ticks if t <= max_rank]
+
+
 def _plot_cmc_pil(curves: dict[str, Sequence[float]], path: str, title: str, max_rank: int) -> str:
-    w, h, left, right, top, bottom = 600, 400, 50, 20, 30, 40
+    w, h, left, right, top, bottom = 900, 400, 50, 320, 30, 40
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     d.text((left, 8), title, fill="black")
@@ -64,8 +74,12 @@ def _plot_cmc_pil(curves: dict[str, Sequence[float]], path: str, title: str, max
         xs = [left + pw * (k / max(max_rank - 1, 1)) for k in range(len(y))]
         ys = [top + ph * (1 - v) for v in y]
         d.line(list(zip(xs, ys, strict=True)), fill=color, width=2)
-        d.text((left + 10, h - bottom - 20 - 14 * i), f"{label} (R-1 {100 * y[0]:.1f}%)", fill=color)
-    d.text((left + pw // 2 - 10, h - bottom + 10), "rank", fill="black")
+        d.text((w - right + 10, top + 14 * i), f"{label} (R-1 {100 * y[0]:.1f}%)", fill=color)  # beside the plot
+    for t in rank_ticks(max_rank):
+        x = left + pw * ((t - 1) / max(max_rank - 1, 1))
+        d.line([x, h - bottom, x, h - bottom + 4], fill="black")
+        d.text((x - 4, h - bottom + 6), str(t), fill="black")
+    d.text((left + pw // 2 - 10, h - bottom + 22), "rank", fill="black")
     img.save(path)
     return path
 
@@ -77,9 +91,10 @@ def _thumb(path: str, size: tuple[int, int]) -> Image.Image:
 
 def plot_ranked_list(query_paths: Sequence[str], ranked_paths: Sequence[Sequence[str]],
                      ranked_match: Sequence[Sequence[bool]], path: str, thumb: tuple[int, int] = (128, 64),
-                     border: int = 4) -> str:
+                     border: int = 4, title: str = "") -> str:
     """A grid: each row a query (grey frame) followed by its ranked gallery images, framed green when a true match
-    and red otherwise. ``ranked_paths`` [Q][k], ``ranked_match`` [Q][k]; thumb is (H, W)."""
+    and red otherwise, under ``title`` (say which setting and query set). ``ranked_paths`` [Q][k],
+    ``ranked_match`` [Q][k]; thumb is (H, W)."""
     if len(query_paths) == 0:
         raise ValueError("plot_ranked_list: no queries given")
     if len(ranked_paths) != len(query_paths) or len(ranked_match) != len(query_paths):
@@ -87,12 +102,15 @@ def plot_ranked_list(query_paths: Sequence[str], ranked_paths: Sequence[Sequence
     k = max(len(r) for r in ranked_paths)
     th, tw = thumb
     cell_w, cell_h, gap, label_h = tw + 2 * border, th + 2 * border, 12, 14
-    width = cell_w * (k + 1) + gap + 8
-    height = (cell_h + label_h) * len(query_paths) + 8
+    title_h = 20 if title else 0
+    width = max(cell_w * (k + 1) + gap + 8, 6 * len(title) + 8)
+    height = title_h + (cell_h + label_h) * len(query_paths) + 8
     canvas = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(canvas)
+    if title:
+        d.text((4, 4), title, fill="black")
     for row, (qp, gps, matches) in enumerate(zip(query_paths, ranked_paths, ranked_match, strict=True)):
-        y = 4 + row * (cell_h + label_h)
+        y = title_h + 4 + row * (cell_h + label_h)
         d.text((4, y), "query", fill="black")
         d.rectangle([4, y + label_h, 4 + cell_w - 1, y + label_h + cell_h - 1], fill=(128, 128, 128))
         canvas.paste(_thumb(qp, thumb), (4 + border, y + label_h + border))

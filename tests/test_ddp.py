@@ -80,7 +80,7 @@ def _tri_total(single: list[torch.Tensor], pids: torch.Tensor) -> torch.Tensor:
 def _frozen_bn_model(num_classes: int, state: dict) -> torch.nn.Module:
     from fastccreid.models import CSSC
 
-    model = CSSC(num_classes, last_stride=1, pretrained=None)
+    model = CSSC(num_classes, last_stride=1, pretrained=None).double()  # fp64: rounding far below the tolerances
     model.load_state_dict(state)
     model.train()
     for m in model.modules():  # per-rank BN batches differ by design: freeze BN for an exact comparison
@@ -115,7 +115,7 @@ def test_two_processes_on_half_batches_give_the_one_process_gradient(tmp_path):
     torch.manual_seed(0)
     num_classes = 4
     model = _frozen_bn_model(num_classes, _fresh_state(num_classes))
-    x = torch.randn(16, 3, H, W)
+    x = torch.randn(16, 3, H, W, dtype=torch.float64)
     pids = torch.arange(4).repeat_interleave(4)  # P x K = 4 x 4: rank 0 gets ids 0-1, rank 1 ids 2-3
     state = {k: v.clone() for k, v in model.state_dict().items()}
     spawn(_grad_worker, 2, (2, str(tmp_path), x, pids, state, str(tmp_path)))
@@ -125,14 +125,15 @@ def test_two_processes_on_half_batches_give_the_one_process_gradient(tmp_path):
     assert float(ref.tri_loss) > 0
     for rank in range(2):
         got = torch.load(os.path.join(tmp_path, f"{rank}.pt"))
-        torch.testing.assert_close(got["total"], ref.total.detach(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(got["total"], ref.total.detach(), rtol=1e-10, atol=0)
         checked = 0
         for name, p in model.named_parameters():
             if p.grad is None:
                 continue
             g = got["grads"][name]
-            rel = float((g - p.grad).norm() / p.grad.norm().clamp_min(1e-30))
-            assert rel <= 1e-5, (name, rel)
+            # relative 1e-5, plus an absolute floor for gradients that are 0 up to rounding
+            diff, scale = float((g - p.grad).norm()), float(p.grad.norm())
+            assert diff <= 1e-5 * scale + 1e-6, (name, diff, scale)
             checked += 1
         assert checked == len(got["grads"]) > 100
 
@@ -208,8 +209,9 @@ def test_ctrl_c_in_the_launcher_stops_every_rank_and_saves_the_last_checkpoint(t
     save = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastccreid", *tiny_argv(tiny_root, str(save), "--nproc", "2", "--max_epoch", "50",
                                                           "--amp", "off")]
+    # The child handles Ctrl-C as in an interactive shell even when this suite runs with SIGINT ignored (nohup).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         log = save / "metrics.csv"

@@ -58,16 +58,16 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_130(data_root, tmp_path, 
     done = int(ck["epoch"]) + 1
     assert 1 <= done < 40
     # resumable: one more epoch from where it stopped
-    assert main(tiny_argv(data_root, save, "--max_epoch", str(done + 1), "--amp", "off", "--resume",
-                          os.path.join(save, LAST_NAME))) == 0
+    assert main(tiny_argv(data_root, save, "--max_epoch", str(done + 1), "--amp", "off", "--save_checkpoint",
+                          "--resume", os.path.join(save, LAST_NAME))) == 0
     assert int(load_checkpoint(os.path.join(save, LAST_NAME))["epoch"]) == done
 
 
 def test_a_second_ctrl_c_aborts_at_once(data_root, tmp_path):
     save = str(tmp_path / "run")
-    proc = _start(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off"))
+    proc = _start(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off", "--save_checkpoint"))
     try:
-        _wait_for(os.path.join(save, "metrics.csv"), proc)
+        _wait_for(os.path.join(save, "metrics.csv"), proc)  # written after the epoch's checkpoint
         before = open(os.path.join(save, LAST_NAME), "rb").read()
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
@@ -164,8 +164,9 @@ def test_the_trainer_step_equals_the_seed_reference_step(data_root, tmp_path):
     from fastccreid.reference.losses import CrossEntropyLabelSmooth, TripletLoss
     from fastccreid.reference.train_step import reference_train_step
 
-    tr = Trainer(tiny_config(data_root, str(tmp_path), amp="off", channels_last=False, random_erasing_pro=0.0),
-                 log=_quiet)
+    # weight_decay 0: fused Adam may fold the decay into .grad in place, and the gradients are read after the step
+    tr = Trainer(tiny_config(data_root, str(tmp_path), amp="off", channels_last=False, random_erasing_pro=0.0,
+                             weight_decay=0.0), log=_quiet)
     tr.train_loader.set_epoch(0)
     batch = next(iter(tr.train_loader))
     ref_model = copy.deepcopy(tr.model)
@@ -181,7 +182,7 @@ def test_the_trainer_step_equals_the_seed_reference_step(data_root, tmp_path):
                             use_triplet=True, margin=0.3, channels_last=False)
     x = to_model_input(batch, channels_last=False, dtype=torch.float32)
     pids = torch.as_tensor(batch.pids)
-    opt = torch.optim.Adam([{"params": ref_model.parameters(), "initial_lr": 3e-4}], lr=3e-4, weight_decay=5e-4)
+    opt = torch.optim.Adam([{"params": ref_model.parameters(), "initial_lr": 3e-4}], lr=3e-4, weight_decay=0.0)
     ref_loss = reference_train_step(ref_model, x, pids, opt, CrossEntropyLabelSmooth(tr.num_classes),
                                     TripletLoss(margin=0.3), epoch=36, tri_start_epoch=35)
     assert stats.tri_loss > 0
@@ -193,7 +194,8 @@ def test_the_trainer_step_equals_the_seed_reference_step(data_root, tmp_path):
             assert ours[name].grad is None or not ours[name].grad.any(), name
             continue
         g = ours[name].grad
-        rel = float((g - p.grad).norm() / p.grad.norm().clamp_min(1e-30))
-        assert rel <= 1e-4, (name, rel)
+        # relative 1e-4, plus an absolute floor for gradients that are 0 up to rounding (~1e-7 here)
+        diff, scale = float((g - p.grad).norm()), float(p.grad.norm())
+        assert diff <= 1e-4 * scale + 1e-5, (name, diff, scale)
         compared += 1
     assert compared > 100

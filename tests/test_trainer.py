@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -41,7 +42,7 @@ def straight(data_root, tmp_path_factory):
     tr = Trainer(tiny_config(data_root, save, max_epoch=2, print_train_info_epoch_freq=2), log=lines)
     assert tr.fit() == EXIT_OK
     # the seed's --print_train_info_epoch_freq: the epoch's training line every 2nd epoch only
-    assert [ln.split()[0] for ln in lines if ln.startswith("Ep")] == ["Ep2"]
+    assert [ln.split()[0] for ln in lines if re.match(r"Ep\d+ Id:", ln)] == ["Ep2"]
     return _params(tr.model), save
 
 
@@ -277,3 +278,34 @@ def test_compile_does_not_recompile_across_epochs_or_eval(data_root, tmp_path):
     tr.start_epoch = 1
     assert tr.fit() == EXIT_OK
     assert counters["stats"]["unique_graphs"] == after_first
+
+
+def test_nonfinite_loss_under_fp16_and_grad_scaler_stops(data_root, tmp_path):
+    """fp16 autocast with a GradScaler (CPU autocast supports fp16): a NaN loss still stops the run (exit 3)
+    instead of being skipped as an overflowing step forever."""
+    lines = _Lines()
+    tr = Trainer(tiny_config(data_root, str(tmp_path), max_epoch=1, amp="fp16"), log=lines)
+    assert tr.amp.dtype is torch.float16 and tr.scaler.is_enabled()
+    with torch.no_grad():
+        tr.model.classifier.weight.fill_(float("nan"))
+    assert tr.fit() == EXIT_NONFINITE
+    assert "non-finite loss at epoch 1, step 1" in "\n".join(lines)
+
+
+@pytest.mark.dali
+def test_dali_resume_across_the_triplet_start_is_exact(data_root, tmp_path):
+    """The DALI loader (CPU mode) resumed at the epoch where the triplet loss starts: the same weights as the
+    uninterrupted run."""
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI (an optional dependency) is not installed")
+    kw = dict(loader="dali", tri_start_epoch=1, amp="off")
+    straight = Trainer(tiny_config(data_root, str(tmp_path / "straight"), max_epoch=2, **kw), log=_Lines())
+    assert straight.fit() == EXIT_OK
+    save = str(tmp_path / "split")
+    first = Trainer(tiny_config(data_root, save, max_epoch=1, save_checkpoint=True, **kw), log=_Lines())
+    assert first.fit() == EXIT_OK
+    second = Trainer(tiny_config(data_root, save, max_epoch=2, resume=os.path.join(save, LAST_NAME), **kw),
+                     log=_Lines())
+    assert second.start_epoch == 1 and second.fit() == EXIT_OK
+    want, got = _params(straight.model), _params(second.model)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

@@ -23,13 +23,18 @@ class LossParts:
     tri_loss: torch.Tensor
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 (autocast outputs) upcast to fp32; fp32 and fp64 kept as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def label_smooth_ce(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
     """The seed's CrossEntropyLabelSmooth: mean over the batch of -sum_k ((1-eps) 1[k=y] + eps/K) log p_k.
 
     Identical to ``F.cross_entropy(label_smoothing=eps)`` (PyTorch spreads eps uniformly over all K classes, the
     target included), which is one fused op; the logits [B, K] are upcast to fp32 first.
     """
-    return F.cross_entropy(logits.float(), targets, label_smoothing=epsilon)
+    return F.cross_entropy(at_least_fp32(logits), targets, label_smoothing=epsilon)
 
 
 def cssc_loss(features: list[torch.Tensor], logits: list[torch.Tensor], pids: torch.Tensor, *, use_triplet: bool,
@@ -42,12 +47,12 @@ def cssc_loss(features: list[torch.Tensor], logits: list[torch.Tensor], pids: to
     as one [5, b, D] fp32 block per rank, so every rank computes what one process computes on the whole batch (as
     the seed's DataParallel does) and gradients flow back to each rank's own rows."""
     # One cross-entropy over the stacked logits [5B, K]: its batch mean times 5 equals the sum of the 5 means.
-    stacked = torch.cat([y.float() for y in logits])
+    stacked = torch.cat([at_least_fp32(y) for y in logits])
     id_loss = len(logits) * label_smooth_ce(stacked, pids.repeat(len(logits)), epsilon)
     if use_triplet:
         from fastccreid.kernels import batch_hard_triplet_loss
 
-        stacked_f = torch.stack([f.float() for f in features])  # [5, b, D]
+        stacked_f = torch.stack([at_least_fp32(f) for f in features])  # [5, b, D]
         labels = pids
         if ctx is not None and ctx.distributed:
             stacked_f = gather_batch(stacked_f.transpose(0, 1), ctx).transpose(0, 1).contiguous()  # [5, W*b, D]
