@@ -158,4 +158,84 @@ def run(quick: bool) -> list[BenchRow]:
         del ref
         fast_row.extra["speedup"] = round(ref_row.median_s / fast_row.median_s, 2)
         rows += [fast_row, ref_row]
+    if device.type == "cpu":
+        rows += run_ddp(quick)
+    return rows
+
+
+def _ddp_worker(rank: int, world: int, store: str, height: int, batch: int, repeats: int, out: str) -> None:
+    """One rank of the multi-process row: its P/W identities of the global batch, the trainer's loss (triplet mined
+    over the gathered batch), DDP, fused Adam; rank 0 writes the median step time and the all-gather's share."""
+    import json
+
+    from fastccreid.bench.common import time_median
+    from fastccreid.engine.distributed import INIT_METHOD_ENV, cleanup, gather_batch, setup
+    from fastccreid.engine.loss import cssc_loss
+    from fastccreid.models import CSSC
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      **{INIT_METHOD_ENV: "file://" + os.path.join(store, "store")})
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    ctx = setup(use_cpu=True)
+    try:
+        torch.manual_seed(0)
+        imgs, pids = _batch(height, height // 2, batch, torch.device("cpu"))
+        b = batch // world
+        rows = slice(rank * b, (rank + 1) * b)  # this rank's whole identities of the global batch
+        x, y = imgs[rows].contiguous(memory_format=torch.channels_last), pids[rows]
+        model = CSSC(NUM_CLASSES, pretrained=None).to(memory_format=torch.channels_last).train()
+        net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=5e-4, fused=True)
+
+        def step() -> None:
+            feats, logits = net(x)
+            loss = cssc_loss(feats, logits, y, use_triplet=True, margin=0.3, ctx=ctx).total
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up
+        median = time_median(step, repeats=repeats, warmup=0)
+        block = torch.randn(b, 5, 2048, requires_grad=True)
+
+        def gather() -> None:  # the step's all-gather, forward and backward, alone
+            gather_batch(block, ctx).sum().backward()
+
+        gather_s = time_median(gather, repeats=max(repeats, 5), warmup=1) if world > 1 else 0.0
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump({"median_s": median, "gather_s": gather_s, "threads": torch.get_num_threads()}, f)
+    finally:
+        cleanup()
+
+
+def run_ddp(quick: bool, world: int = 2) -> list[BenchRow]:
+    """``world`` gloo processes vs one process on the same global batch (384x192, batch 8 = 2 ids x 4; each rank
+    P/W whole identities), the CPU's cores split between the processes: images/s and the share of the step the
+    features' all-gather takes (5 features x [b, 2048] fp32 forward, the same size all-reduced backward)."""
+    import json
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    height, batch, repeats = 384, 8, 2 if quick else 5
+    rows: list[BenchRow] = []
+    case = f"cssc-ddp-step-{height}x{height // 2}-b{batch}-cpu"
+    results = {}
+    for n in (1, world):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            mp.start_processes(_ddp_worker, args=(n, tmp, height, batch, repeats, out), nprocs=n, join=True,
+                               start_method="spawn")
+            with open(out) as f:
+                results[n] = json.load(f)
+    for n in (1, world):
+        r = results[n]
+        extra = {"processes": n, "threads_per_process": r["threads"], "global_batch": batch,
+                 "allgather_share": round(r["gather_s"] / r["median_s"], 4)}
+        if n == world:
+            extra["vs_1_process"] = round(results[1]["median_s"] / r["median_s"], 2)
+        rows.append(BenchRow(suite="train", case=case, path=f"ddp-{n}", median_s=r["median_s"],
+                             items_per_s=batch / r["median_s"], peak_rss_bytes=peak_rss_bytes(), repeats=repeats,
+                             items=batch, extra=extra))
     return rows
