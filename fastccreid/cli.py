@@ -22,8 +22,8 @@ from fastccreid.engine.config import (
 )
 from fastccreid.export import EXPORTERS
 from fastccreid.export import FORMATS as EXPORT_FORMATS
+from fastccreid.protocols import PROTOCOLS
 
-PROTOCOLS = ("market", "ltcc-general", "ltcc-cc", "prcc", "celeb", "cuhk03")
 BENCH_SUITES = (*SUITES, "all")
 _D = TrainConfig()  # every train/eval flag's default comes from the config record
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-PROTOCOLS = ("market", "ltcc-general", "ltcc-cc", "prcc", "celeb", "cuhk03")
-PRECISIONS = ("fp32", "bf16", "fp16")
+from fastccreid.protocols import PRECISIONS, PROTOCOLS  # defined without torch; still public here
+
 _JUNK = {"market": "market", "ltcc-general": "market", "celeb": "market", "cuhk03": "market",
          "ltcc-cc": "ltcc-cc", "prcc": None}
 CUHK03_REPEATS = 10

@@ -1,4 +1,5 @@
-"""build_dataset: same ids as the official parsers on synthetic trees, the SPEC §7 fixes, every layout, every error."""
+"""build_dataset: same ids as the official parsers on synthetic trees, the fixes (README: "Differences from the
+official code"), every layout, every error."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def test_celeb_matches_official_ids_with_unique_cameras(trees):
     assert all(r.clothes_id == r.pid for r in ds.train + ds.query + ds.gallery)
 
 
-# --- SPEC §7 fixes. ------------------------------------------------------------------------------------------------
+# --- The fixes (README: "Differences from the official code"). ----------------------------------------------------
 
 
 def test_ltcc_parent_folder_with_c_is_harmless(trees, tmp_path):

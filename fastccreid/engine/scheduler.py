@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-WARMUP_METHODS = ("constant", "linear")
+from fastccreid.engine.config import WARM_UP_METHODS
+
+WARMUP_METHODS = WARM_UP_METHODS  # one definition (the --warm_up_method choices)
 
 
 class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):

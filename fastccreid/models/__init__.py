@@ -1,4 +1,4 @@
-"""Models: CSSC (SPEC §1), key-for-key compatible with the official checkpoints."""
+"""Models: CSSC (README: "Training"), key-for-key compatible with the official checkpoints."""
 
 from __future__ import annotations
 

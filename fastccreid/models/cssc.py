@@ -1,4 +1,4 @@
-"""The CSSC model (SPEC §1): a ResNet-50 trunk, two layer4 branches with SMR modules, and a fused layer4[2].
+"""The CSSC model: a ResNet-50 trunk, two layer4 branches with SMR modules, and a fused layer4[2].
 
 Module and parameter names (and their registration order, which fixes the optimizer's parameter indices) equal the
 official ``model/cssc.py``, so an official ``model_state_dict`` loads with ``strict=True``. The forward pass is
@@ -111,7 +111,7 @@ class SMR(nn.Module):
 
 
 class CSSC(nn.Module):
-    """CSSC (SPEC §1). Training: ([5 features [B, 2048]], [5 logits [B, classes]]) in the order SMR-c b1, SMR-s b1,
+    """CSSC. Training: ([5 features [B, 2048]], [5 logits [B, classes]]) in the order SMR-c b1, SMR-s b1,
     SMR-s b2, SMR-c b2, fused. Eval: the fused 2048-d feature [B, 2048] (max-pooled, before the BN neck).
 
     ``pretrained``: "imagenet" (torchvision's IMAGENET1K_V1 from its cache, downloaded if absent), None / "none",

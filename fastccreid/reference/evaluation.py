@@ -9,7 +9,8 @@ seed, each so that the oracle is well defined and usable (documented in the func
   introsort; on AVX-512 CPUs numpy >= 1.25 dispatches it to x86-simd-sort), which is NOT stable, so tied
   distances come out in an order that depends on the numpy build and CPU (checked with numpy 2.4 on this
   AVX-512 CPU: a float32 row of 7,050 with ties does not come out in index order). Here ``kind="stable"``: ties break
-  by gallery index (SPEC §4). Results differ from the seed only on exactly tied distances.
+  by gallery index (README: "Differences from the official code"). Results differ from the seed only on exactly
+  tied distances.
 - Return values: the seed's functions return ``(cmc, mAP)``; ``evaluate`` computes mINP but drops it. Here all
   three return ``(cmc, mAP, mINP)`` with mINP as torchreid defines it (mean over valid queries of
   ``#matches / rank of the last match``), computed the way the seed's ``evaluate`` does.
