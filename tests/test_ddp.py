@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 from helpers.dist import init_env, spawn
-from helpers.train_cases import make_tiny_ltcc, tiny_argv
+from helpers.train_cases import make_tiny_ltcc, start_cli, tiny_argv, wait_for_file
 
 from fastccreid.engine.loss import cssc_loss
 
@@ -207,18 +207,10 @@ def test_ctrl_c_in_the_launcher_stops_every_rank_and_saves_the_last_checkpoint(t
     from fastccreid.engine.checkpoint import load_checkpoint
 
     save = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fastccreid", *tiny_argv(tiny_root, str(save), "--nproc", "2", "--max_epoch", "50",
-                                                          "--amp", "off")]
-    # The child handles Ctrl-C as in an interactive shell even when this suite runs with SIGINT ignored (nohup).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_cli(tiny_argv(tiny_root, str(save), "--nproc", "2", "--max_epoch", "50", "--amp", "off"),
+                     start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        log = save / "metrics.csv"
-        while not log.exists():  # an epoch has been trained: both ranks are in their loops
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.5)
+        wait_for_file(save / "metrics.csv", proc)  # an epoch has been trained: both ranks are in their loops
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=240)
     finally:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from helpers.train_cases import make_tiny_ltcc, tiny_argv, tiny_config
+from helpers.train_cases import make_tiny_ltcc, start_cli, tiny_argv, tiny_config, wait_for_file
 
 from fastccreid.cli import main
 from fastccreid.engine.checkpoint import LAST_NAME, load_checkpoint
@@ -23,30 +20,12 @@ def data_root(tmp_path_factory) -> str:
     return make_tiny_ltcc(str(tmp_path_factory.mktemp("cli") / "ltcc"))
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C handled as in an interactive shell even when this suite runs with SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fastccreid", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, preexec_fn=_default_sigint)
-
-
-def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.2)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint_and_exits_130(data_root, tmp_path, sig):
     save = str(tmp_path / "run")
-    proc = _start(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off"))
+    proc = start_cli(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off"))
     try:
-        _wait_for(os.path.join(save, "metrics.csv"), proc)  # one epoch done: the loop is running
+        wait_for_file(os.path.join(save, "metrics.csv"), proc)  # one epoch done: the loop is running
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=240)
     finally:
@@ -65,9 +44,9 @@ def test_signal_saves_a_resumable_checkpoint_and_exits_130(data_root, tmp_path, 
 
 def test_a_second_ctrl_c_aborts_at_once(data_root, tmp_path):
     save = str(tmp_path / "run")
-    proc = _start(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off", "--save_checkpoint"))
+    proc = start_cli(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off", "--save_checkpoint"))
     try:
-        _wait_for(os.path.join(save, "metrics.csv"), proc)  # written after the epoch's checkpoint
+        wait_for_file(os.path.join(save, "metrics.csv"), proc)  # written after the epoch's checkpoint
         before = open(os.path.join(save, LAST_NAME), "rb").read()
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)

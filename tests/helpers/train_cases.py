@@ -30,3 +30,32 @@ def make_tiny_ltcc(root: str, ids: int = 8) -> str:
     from fastccreid.data.synth import make_synthetic
 
     return make_synthetic("ltcc", root, ids=ids, seed=0, clothes=2, cams=2, images_per=2, size=(H, W))
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C handled as in an interactive shell even when the suite runs with SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cli(argv: list[str], **kw):
+    """``python -m fastccreid ARGV`` as a child process (stdout/stderr piped, no stdin, default Ctrl-C handling)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "fastccreid", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, preexec_fn=_default_sigint,
+                            **kw)
+
+
+def wait_for_file(path, proc, timeout: float = 240) -> None:
+    """Wait until ``path`` exists while ``proc`` runs; fail with its stderr if it exits first, or after ``timeout``."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
