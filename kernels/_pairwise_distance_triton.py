@@ -16,7 +16,14 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import (
+    aligned_rows,
+    check_grid,
+    decompose_on_cuda_only,
+    dot_fp32,
+    gram_tile,
+    path_pruner,
+)
 from fastccreid.kernels.pairwise_distance import METRIC_CODES, distance_backward, distance_torch
 
 _METRIC_NAMES = {v: k for k, v in METRIC_CODES.items()}
@@ -45,19 +52,6 @@ def gpu_configs(ieee: bool) -> list[triton.Config]:
     return IEEE_CONFIGS if ieee else MMA_CONFIGS
 
 
-def _prune(configs, named_args, **kwargs):
-    """Autotune only the configs of this launch's path (IEEE fp32 or tensor-core fp16 / bf16)."""
-    ieee = kwargs.get("IEEE", named_args.get("IEEE"))
-    # matched by value: torch.compile hands the pruner copies of the configs
-    wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
-    keep = [c for c in configs if _config_key(c) in wanted]
-    return keep or configs  # (the interpreter's single config is in neither list)
-
-
-def _config_key(c: triton.Config) -> tuple:
-    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
-
-
 def _configs() -> list[triton.Config]:
     if triton_interpret():
         # the interpreter runs every config it is given: one small config keeps CPU tests fast
@@ -66,7 +60,7 @@ def _configs() -> list[triton.Config]:
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "METRIC", "IEEE"],
-                 prune_configs_by={"early_config_prune": _prune})
+                 prune_configs_by={"early_config_prune": path_pruner(gpu_configs)})
 @triton.jit
 def _pairwise_kernel(
     x_ptr, y_ptr, out_ptr, M, N, K,

@@ -18,7 +18,14 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastccreid.kernels._backend import triton_interpret
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, dot_fp32, gram_tile
+from fastccreid.kernels._triton_gram import (
+    aligned_rows,
+    check_grid,
+    decompose_on_cuda_only,
+    dot_fp32,
+    gram_tile,
+    path_pruner,
+)
 from fastccreid.kernels.pairwise_distance import SQ_FLOOR
 from fastccreid.kernels.triplet import mine_torch, mining_backward
 
@@ -42,19 +49,6 @@ def gpu_configs(ieee: bool) -> list[triton.Config]:
     return IEEE_CONFIGS if ieee else MMA_CONFIGS
 
 
-def _prune(configs, named_args, **kwargs):
-    """Autotune only the configs of this launch's path (IEEE fp32 or tensor-core fp16 / bf16)."""
-    ieee = kwargs.get("IEEE", named_args.get("IEEE"))
-    # matched by value: torch.compile hands the pruner copies of the configs
-    wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
-    keep = [c for c in configs if _config_key(c) in wanted]
-    return keep or configs  # (the interpreter's single config is in neither list)
-
-
-def _config_key(c: triton.Config) -> tuple:
-    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
-
-
 def _configs() -> list[triton.Config]:
     if triton_interpret():
         # the interpreter runs every config it is given: one small config keeps CPU tests fast
@@ -62,7 +56,8 @@ def _configs() -> list[triton.Config]:
     return IEEE_CONFIGS + MMA_CONFIGS
 
 
-@triton.autotune(configs=_configs(), key=["B", "K", "IEEE"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=["B", "K", "IEEE"],
+                 prune_configs_by={"early_config_prune": path_pruner(gpu_configs)})
 @triton.jit
 def _batch_hard_kernel(
     x_ptr, lab_ptr, d_ap_ptr, d_an_ptr, pos_ptr, neg_ptr, same_ptr, B, K, stride_xm, stride_xk,

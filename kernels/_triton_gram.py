@@ -44,6 +44,23 @@ def decompose_on_cuda_only(op, body) -> None:
     op.register_torch_dispatch(FunctionalTensorMode, rule)
 
 
+def path_pruner(gpu_configs):
+    """An ``early_config_prune`` that autotunes only the configs of a launch's path: ``gpu_configs(ieee)`` gives
+    the fp32 IEEE (``ieee``) or tensor-core fp16 / bf16 configs. Configs are matched by value, because torch.compile
+    hands the pruner copies of them; the interpreter's single config is in neither list and is kept."""
+
+    def prune(configs, named_args, **kwargs):
+        ieee = kwargs.get("IEEE", named_args.get("IEEE"))
+        wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
+        return [c for c in configs if _config_key(c) in wanted] or configs
+
+    return prune
+
+
+def _config_key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
+
+
 def aligned_rows(x: torch.Tensor) -> torch.Tensor:
     """x [N, D] in the layout the kernels are compiled and checked for: contiguous, 16-byte aligned, D a multiple
     of 16 (zero columns appended: they add exactly 0 to dot products and norms). A D % 16 != 0 or a strided view

@@ -238,7 +238,7 @@ def test_compiled_configs_are_the_shipped_ones():
         shipped = mod.gpu_configs(True) + mod.gpu_configs(False)
         assert sorted(map(_key, kernel.configs)) == sorted(map(_key, shipped))
         for ieee in (True, False):
-            pruned = mod._prune([copy.deepcopy(c) for c in kernel.configs], {}, IEEE=ieee)
+            pruned = kernel.early_config_prune([copy.deepcopy(c) for c in kernel.configs], {}, IEEE=ieee)
             assert list(map(_key, pruned)) == list(map(_key, mod.gpu_configs(ieee)))
     compiled = tk.launch_configs()
     for k in range(1, 1200):
