@@ -68,10 +68,11 @@ def kernel_backend(backend: str | None, *tensors: torch.Tensor) -> str:
 
 # Which path backend="auto" takes for CUDA evaluation (rank_stats), and why. The torch path computes each query
 # chunk's distances with one cuBLAS GEMM and places non-matches with a per-row lookup table (a few passes per
-# element, whatever the match count); the Triton path fuses the distance tile (IEEE fp32 FMAs, no tensor cores) with
-# a placement loop over the tile's match ranks (work per element grows with the tile's widest pid group), and has
-# only ever run under TRITON_INTERPRET=1. Until benchmarks/gpu_check.sh has timed both on a GPU, "auto" keeps CUDA
-# evaluation on the torch path; backend="triton" (or FASTCCREID_BACKEND=triton) selects the fused kernels.
+# element, whatever the match count); the Triton path fuses the distance tile (IEEE fp32 FMAs, no tensor cores,
+# autotuned 32-128 x 64 tiles) with a placement loop over the tile's match ranks (work per element grows with the
+# tile's widest pid group), and has only ever run under TRITON_INTERPRET=1. Until benchmarks/gpu_check.sh has timed
+# both on a GPU (bench eval's "rank_stats cuda" rows), "auto" keeps CUDA evaluation on the torch path;
+# backend="triton" (or FASTCCREID_BACKEND=triton) selects the fused kernels.
 RANK_STATS_CUDA_AUTO = "torch"
 RANK_STATS_CUDA_AUTO_WHY = ("CUDA evaluation stays on the torch path (cuBLAS distances, lookup-table placement) "
                             "until a GPU has timed it against the fused Triton kernels; backend='triton' selects them")

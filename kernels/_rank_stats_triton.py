@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from fastccreid.kernels._backend import triton_interpret
 from fastccreid.kernels._triton_gram import (
     GRID_YZ_MAX,
     aligned_rows,
@@ -34,18 +35,39 @@ from fastccreid.kernels.checks import JUNK_CODES
 from fastccreid.kernels.rank_stats import Matches, chunk_stats, finish_stats, match_layout, stats_from_hist
 from fastccreid.kernels.seed_distance import chunk_rows, seed_sqeuclidean_tiled, sq_norms, work_dtype
 
-__all__ = ["JUNK_CODES", "rank_stats_launch", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
+__all__ = ["JUNK_CODES", "PLACE_CONFIGS", "rank_stats_launch", "rank_stats_op", "rank_stats_triton", "sqeuclid_tile"]
 
 
-# Tiles of both kernels (queries x gallery items x feature block); num_warps / num_stages are Triton's launch defaults.
-BLOCK_Q, BLOCK_G, BLOCK_K = 16, 32, 32
+# Both passes step through the feature dimension BLOCK_K at a time. Pass 1's match distances are compared with
+# pass 2's non-match distances, and exact ties must compare equal, so every tile of both passes shares BLOCK_K: the
+# IEEE fp32 dot is an FMA chain per output element (acc += a[k] * b[k] in k order), so a distance's bits do not
+# depend on the BQ x BG tile around it, only on the K steps.
+BLOCK_K = 16
+# Same-pid pass: one fixed tile (queries x gallery items; it computes only tiles holding a match).
+BLOCK_Q, BLOCK_G = 16, 32
+SAME_PID_CONFIG = triton.Config({"BQ": BLOCK_Q, "BG": BLOCK_G, "BK": BLOCK_K}, num_warps=4, num_stages=3)
+
+# Placement pass: autotuned on a GPU among tiles that compile without spills for sm_80 and sm_90 (ptxas -v,
+# tests/test_triton_compile.py: 64x64 tiles use 128-180 registers at 8 warps, 128x64 up to 224; 128x128 spills).
+PLACE_CONFIGS = [
+    triton.Config({"BQ": 64, "BG": 64, "BK": BLOCK_K}, num_warps=8, num_stages=3),
+    triton.Config({"BQ": 128, "BG": 64, "BK": BLOCK_K}, num_warps=8, num_stages=3),
+    triton.Config({"BQ": 32, "BG": 64, "BK": BLOCK_K}, num_warps=4, num_stages=3),
+]
+# the interpreter runs every config it is given: one small tile keeps CPU tests fast and still spans several tiles
+PLACE_INTERPRET_CONFIG = triton.Config({"BQ": BLOCK_Q, "BG": BLOCK_G, "BK": BLOCK_K}, num_warps=1)
 
 
 def launch_configs(kernel: str) -> list[triton.Config]:
-    """Every config the launcher runs ``kernel`` ("same_pid" / "place") with (compiled in tests/test_triton_compile)."""
+    """Every config a GPU run can launch ``kernel`` ("same_pid" / "place") with (compiled in
+    tests/test_triton_compile.py)."""
     if kernel not in ("same_pid", "place"):
         raise ValueError(f"kernel must be 'same_pid' or 'place', got {kernel!r}")
-    return [triton.Config({"BQ": BLOCK_Q, "BG": BLOCK_G, "BK": BLOCK_K}, num_warps=4, num_stages=3)]
+    return [SAME_PID_CONFIG] if kernel == "same_pid" else list(PLACE_CONFIGS)
+
+
+def _place_configs() -> list[triton.Config]:
+    return [PLACE_INTERPRET_CONFIG] if triton_interpret() else PLACE_CONFIGS
 
 
 @triton.jit
@@ -68,12 +90,16 @@ def _same_pid_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, slot_ptr, out
             tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * RP + slot[None, :], d, mask=same & (slot < RP)[None, :])
 
 
+# reset_to_zero: autotuning runs the kernel once per config and benchmark repeat on the same histogram, whose counts
+# are atomic adds; Triton zeroes it before each of those runs and once more before the real launch
+@triton.autotune(configs=_place_configs(), key=["NQ", "NG", "D", "RP"], reset_to_zero=["hist_ptr"])
 @triton.jit
 def _place_kernel(q_ptr, g_ptr, qq_ptr, gg_ptr, qp_ptr, gp_ptr, ms_ptr, msi_ptr, nm_ptr, hist_ptr, NQ, NG, D, RP,
-                  stride_q, stride_g, Q0, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
-    # gallery tiles on axis 0 (CUDA allows 2^31 - 1 blocks there); query blocks Q0 + axis 1 (at most 65,535 a launch)
+                  stride_q, stride_g, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    # gallery tiles on axis 0 (CUDA allows 2^31 - 1 blocks there); query blocks on axis 1 (at most 65,535: the
+    # launcher passes at most PLACE_ROWS queries, each launch its own rows of every per-query array)
     pid_g = tl.program_id(0)
-    pid_q = Q0 + tl.program_id(1)
+    pid_q = tl.program_id(1)
     offs_q = pid_q * BQ + tl.arange(0, BQ)
     mask_q = offs_q < NQ
     offs_g = pid_g * BG + tl.arange(0, BG)
@@ -108,20 +134,26 @@ def same_pid_grid(nq: int, block_q: int) -> tuple[int]:
     return check_grid((triton.cdiv(nq, block_q),), "rank_stats (same-pid pass)")
 
 
-def place_grids(nq: int, ng: int, block_q: int, block_g: int) -> list[tuple[int, tuple[int, int]]]:
-    """(first query block, grid) of each placement launch: gallery tiles on axis 0, at most 65,535 query blocks on
-    axis 1 per launch, so neither axis can pass CUDA's limits."""
-    nqb = triton.cdiv(nq, block_q)
-    ngt = triton.cdiv(ng, block_g)
-    return [(q0, check_grid((ngt, min(GRID_YZ_MAX, nqb - q0)), "rank_stats (placement pass)"))
-            for q0 in range(0, nqb, GRID_YZ_MAX)]
+# queries per placement launch: cdiv(PLACE_ROWS, BQ) <= 65,535 query blocks on grid axis 1 for every tile (BQ >= 16)
+PLACE_ROWS = GRID_YZ_MAX * min(c.kwargs["BQ"] for c in (*PLACE_CONFIGS, PLACE_INTERPRET_CONFIG))
 
 
-def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
-                      block_k: int = BLOCK_K):
+def place_chunks(nq: int, rows: int = PLACE_ROWS) -> list[tuple[int, int]]:
+    """(start, end) query rows of each placement launch: at most ``rows`` (<= PLACE_ROWS) each."""
+    if not 1 <= rows <= PLACE_ROWS:
+        raise ValueError(f"rows per placement launch must be in [1, {PLACE_ROWS}], got {rows}")
+    return [(s, min(s + rows, nq)) for s in range(0, nq, rows)]
+
+
+def place_grid(nq: int, ng: int, block_q: int, block_g: int) -> tuple[int, int]:
+    """Grid of one placement launch over ``nq`` <= PLACE_ROWS queries: gallery tiles on axis 0, query blocks on 1."""
+    return check_grid((triton.cdiv(ng, block_g), triton.cdiv(nq, block_q)), "rank_stats (placement pass)")
+
+
+def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, place_rows: int = PLACE_ROWS):
     """The two passes for q [Q, D], g [G, D] and a ``match_layout`` (slot [G], match_idx / is_match [Q, R]) ->
     (first_rank, ap, inp, nmatch) [Q] each. Reads nothing back to the host (its widths are the layout's shapes), so
-    it traces on fake tensors."""
+    it traces on fake tensors. ``place_rows``: queries per placement launch (tests pass a small one)."""
     nq, ng = q.shape[0], g.shape[0]
     q = aligned_rows(q)
     g = aligned_rows(g)
@@ -130,26 +162,30 @@ def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, block_q: int = BL
     gg = sq_norms(g.float()).contiguous()
     rp = match_idx.shape[1]
     same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
-    wrap_triton(_same_pid_kernel)[same_pid_grid(nq, block_q)](
-        q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0), BQ=block_q, BG=block_g, BK=block_k)
+    wrap_triton(_same_pid_kernel)[same_pid_grid(nq, BLOCK_Q)](
+        q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0), BQ=BLOCK_Q, BG=BLOCK_G,
+        BK=BLOCK_K, num_warps=SAME_PID_CONFIG.num_warps, num_stages=SAME_PID_CONFIG.num_stages)
     md = same_d.masked_fill(~is_match, math.inf)
     ms, order = torch.sort(md, dim=1, stable=True)
     msidx = match_idx.gather(1, order).contiguous()
     nmatch = is_match.sum(1)
     hist = torch.zeros(nq, rp + 1, dtype=torch.int32, device=q.device)
     ms = ms.contiguous()
-    for q0, grid in place_grids(nq, ng, block_q, block_g):
-        wrap_triton(_place_kernel)[grid](q, g, qq, gg, qp, gp, ms, msidx, nmatch, hist, nq, ng, d, rp,
-                                         q.stride(0), g.stride(0), q0, BQ=block_q, BG=block_g, BK=block_k)
+    for s, e in place_chunks(nq, place_rows):
+        n = e - s
+        # each launch gets its own rows of q and of every per-query array (the histogram rows are what autotuning
+        # zeroes between its trial runs, so a later launch cannot wipe an earlier one's counts)
+        wrap_triton(_place_kernel)[lambda meta, n=n: place_grid(n, ng, meta["BQ"], meta["BG"])](
+            q[s:e], g, qq[s:e], gg, qp[s:e], gp, ms[s:e], msidx[s:e], nmatch[s:e], hist[s:e], n, ng, d, rp,
+            q.stride(0), g.stride(0))
     return stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)
 
 
-def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, block_q: int = BLOCK_Q, block_g: int = BLOCK_G,
-                      block_k: int = BLOCK_K):
+def rank_stats_triton(q, g, qp, gp, qc, gc, qcl, gcl, junk, place_rows: int = PLACE_ROWS):
     """Triton rank statistics for squared euclidean features -> (first_rank, ap, inp, nmatch) [Q] each: the host
     preparation (``match_layout``, one read-back) then ``rank_stats_launch``."""
     lay = match_layout(qp, gp, qc, gc, qcl, gcl, junk)
-    return rank_stats_launch(q, g, qp, gp, lay.slot, lay.idx, lay.is_match, block_q, block_g, block_k)
+    return rank_stats_launch(q, g, qp, gp, lay.slot, lay.idx, lay.is_match, place_rows)
 
 
 def _rank_stats_body(q: torch.Tensor, g: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, slot: torch.Tensor,

@@ -8,10 +8,10 @@ has, fails here instead of in the first GPU user's hands (the Triton interpreter
 Arguments are specialised as a typical launch specialises them: 16-byte aligned pointers, a feature dimension
 and row strides divisible by 16, unit strides folded to the constant 1.
 
-The default run (40 compiles) covers every shipped config of every kernel on both targets once: pairwise fp32
+The default run (44 compiles) covers every shipped config of every kernel on both targets once: pairwise fp32
 euclidean (the IEEE configs) and bf16 cosine (the tensor-core configs), batch-hard fp32 and bf16, top-k with the
 ltcc-cc junk rule at KP 1, 64 and 128, the rank kernels in fp32. ``-m slow`` adds the rest of the matrix (fp16, the
-other metrics and junk rules, every top-k KP, bf16 rank kernels: 118 more compiles, about 5 CPU-minutes).
+other metrics and junk rules, every top-k KP, bf16 rank kernels: 122 more compiles, about 5 CPU-minutes).
 ``python tests/test_triton_compile.py [kernel ...]`` prints the README table.
 """
 
@@ -191,7 +191,7 @@ def cases() -> list[Case]:
                 fast = junk == 2 and launch.KP in (1, tk.TILE_G, tk.MAX_TILE_G)
                 out.append(Case("tile_topk", tk._tile_topk_kernel, _topk(junk, launch.constexprs()), {},
                                 launch.num_warps, launch.num_stages, cc, not fast))
-    for kname, fn in (("same_pid", rs._same_pid_kernel), ("place", rs._place_kernel)):
+    for kname, fn in (("same_pid", rs._same_pid_kernel), ("place", rs._place_kernel.fn)):
         for dt in ("fp32", "bf16"):
             for cfg in rs.launch_configs(kname):
                 for cc in TARGETS:
@@ -245,7 +245,16 @@ def test_compiled_configs_are_the_shipped_ones():
         launch = tk.tile_launch(k)
         assert launch in compiled and launch.BG <= tk.MAX_TILE_G
         assert launch.KP >= min(k, launch.BG)
-    assert rs.launch_configs("place")[0].kwargs == {"BQ": rs.BLOCK_Q, "BG": rs.BLOCK_G, "BK": rs.BLOCK_K}
+    assert rs.launch_configs("same_pid") == [rs.SAME_PID_CONFIG]
+    assert rs.SAME_PID_CONFIG.kwargs == {"BQ": rs.BLOCK_Q, "BG": rs.BLOCK_G, "BK": rs.BLOCK_K}
+    # the placement autotuner holds exactly the compiled configs, and zeroes the histogram (atomic adds) before
+    # each trial run: without reset_to_zero the first launch of a key would count every pair once per trial
+    assert sorted(map(_key, rs._place_kernel.configs)) == sorted(map(_key, rs.launch_configs("place")))
+    assert {c.kwargs["BQ"] for c in rs.PLACE_CONFIGS} >= {64, 128}
+    # pass 1's match distances meet pass 2's in exact-tie comparisons: both step through D by the same BLOCK_K
+    assert {c.kwargs["BK"] for c in (*rs.PLACE_CONFIGS, rs.PLACE_INTERPRET_CONFIG, rs.SAME_PID_CONFIG)} == {rs.BLOCK_K}
+    assert rs._place_kernel.reset_to_zero == ["hist_ptr"]
+    assert set(rs._place_kernel.keys) >= {"NQ", "NG", "D", "RP"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,14 +303,17 @@ def test_launch_grids_at_1e8():
             _within_limits(grid)
             assert grid[0] * launch.BG >= G_HUGE and grid[1] * launch.BQ >= n
     _within_limits(rs.same_pid_grid(G_HUGE, rs.BLOCK_Q))
-    for nq in (1, 5000, G_HUGE):
-        launches = rs.place_grids(nq, G_HUGE, rs.BLOCK_Q, rs.BLOCK_G)
-        for _, grid in launches:
-            _within_limits(grid)
-        # the launches cover every (query block, gallery tile) once
-        q_blocks = [q0 + i for q0, grid in launches for i in range(grid[1])]
-        assert q_blocks == list(range(-(-nq // rs.BLOCK_Q)))
-        assert all(grid[0] * rs.BLOCK_G >= G_HUGE for _, grid in launches)
+    for nq in (1, 5000, rs.PLACE_ROWS + 1, G_HUGE):
+        chunks = rs.place_chunks(nq)
+        # the launches cover every query once, in order
+        assert chunks[0][0] == 0 and chunks[-1][1] == nq
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+        for cfg in (*rs.launch_configs("place"), rs.PLACE_INTERPRET_CONFIG):
+            bq, bg = cfg.kwargs["BQ"], cfg.kwargs["BG"]
+            for s, e in chunks:
+                grid = rs.place_grid(e - s, G_HUGE, bq, bg)
+                _within_limits(grid)
+                assert grid[0] * bg >= G_HUGE and grid[1] * bq >= e - s
 
 
 def test_grid_past_the_limit_is_a_clear_error():

@@ -4,7 +4,9 @@
 Cases: LTCC size (493 x 7,050) and Celeb-reID size (2,972 x 11,006) with the reference; MSMT17 size
 (11,659 x 82,161) fast only (the reference's dense arrays pass 22 GB there); a scaling curve of 256 queries
 against 1k-16k galleries (64k fast only in full mode); Celeb-reID size with the gallery sharded over 2 gloo
-processes against 1 process (full mode only). Quick mode: LTCC size and the scaling curve.
+processes against 1 process (full mode only). Quick mode: LTCC size and the scaling curve. On a CUDA machine also
+``rank_stats`` on device features, the torch path (what ``backend="auto"`` picks on CUDA) against the fused Triton
+kernels, at LTCC and Celeb-reID sizes, each with the time of the cuBLAS Gram matrix an exact evaluation must compute.
 Features are synthetic with identity structure (identity centre + clothes offset + noise, non-negative like
 max-pooled ReLU features), so rankings resemble a trained model's rather than pure noise.
 """
@@ -93,6 +95,36 @@ def run_case(name: str, with_reference: bool, repeats: int = 3, size: tuple[int,
     return rows
 
 
+def rank_stats_backends_case(name: str, device: torch.device, repeats: int = 5,
+                             size: tuple[int, int, int] | None = None) -> list[BenchRow]:
+    """Rows for one named case: ``rank_stats`` on ``device`` features with ``backend="torch"`` (matmul distances per
+    query chunk + lookup placement) and ``backend="triton"`` (fused distance tiles + placement), the results checked
+    equal, and in ``extra`` the time of q @ g.T (on CUDA the cuBLAS fp32 matmul an exact evaluation must do) and
+    each path's time as a multiple of it: the data for the CUDA ``auto`` rule (kernels/_backend.py). On CPU the
+    Triton path runs only under TRITON_INTERPRET=1 (tests use a small ``size``)."""
+    from fastccreid.bench.kernels import interleaved_medians
+    from fastccreid.kernels import rank_stats
+
+    nq, ng, nid = size if size is not None else CASES[name]
+    (qf, qp, qc, _), (gf, gp, gc, _) = make_features(nq, ng, nid, d=D if size is None else 64)
+    qf, gf = qf.to(device), gf.to(device)
+    lab = {k: torch.as_tensor(v).to(device) for k, v in
+           (("q_pids", qp), ("g_pids", gp), ("q_camids", qc), ("g_camids", gc))}
+    paths = {b: (lambda b=b: rank_stats(qf, gf, "sqeuclidean", junk="market", backend=b, **lab))
+             for b in ("torch", "triton")}
+    a, b = paths["torch"](), paths["triton"]()  # also the warm-up: Triton compiles and autotunes here
+    if not torch.equal(a.first_rank, b.first_rank) or float((a.ap - b.ap).abs().max()) > 1e-9:
+        raise RuntimeError(f"rank_stats {name}: the Triton path differs from the torch path")
+    med = interleaved_medians({**paths, "gram": lambda: qf @ gf.t()}, repeats, device)
+    rows = []
+    for path in ("torch", "triton"):
+        extra = {"Q": nq, "G": ng, "D": qf.shape[1], "backend": path, "gram_matmul_s": med["gram"],
+                 "multiple_of_gram_matmul": med[path] / med["gram"], "mAP": float(a.ap[a.valid].mean())}
+        rows.append(BenchRow("eval", f"rank_stats {device.type} {name} {nq}x{ng}", path, med[path], nq / med[path],
+                             peak_rss_bytes(), repeats, nq, extra))
+    return rows
+
+
 def _sharded_worker(rank: int, world: int, folder: str) -> None:
     """One process of the sharded row: its shard of the .npy gallery, timed ``evaluate``, peak RSS to JSON."""
     import json
@@ -158,6 +190,9 @@ def run_sharded(nproc: int = 2) -> list[BenchRow]:
 def run(quick: bool) -> list[BenchRow]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = run_case("ltcc", with_reference=True)
+    if torch.cuda.is_available():
+        for name in ("ltcc", "celeb"):
+            rows += rank_stats_backends_case(name, torch.device("cuda"))
     # scaling curve: time and peak memory vs gallery size at a fixed 256 queries, both paths
     for ng in SCALE_GALLERIES if quick else SCALE_GALLERIES + (64000,):
         rows += run_case(f"scale-g{ng}", with_reference=ng <= 16000, repeats=1 if ng > 16000 else 3,

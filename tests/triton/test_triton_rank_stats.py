@@ -104,3 +104,33 @@ def test_placement_with_wide_and_mixed_match_counts(nq, ng, npid):
                     **{k: v.to(DEVICE) for k, v in lab.items()})
     _check_against_oracle(st.first_rank.cpu(), st.ap.cpu(), st.inp.cpu(), st.num_matches.cpu(),
                           seed_sqeuclidean_f64(q, g), lab, "market", 1e-12, 0.0)
+
+
+@pytest.mark.parametrize("place_rows", [1, 5, 16, 17])
+def test_placement_in_several_query_launches(place_rows):
+    """Placement split into launches of ``place_rows`` queries (on a GPU: PLACE_ROWS, so that no launch has more
+    than 65,535 query blocks): each launch gets its own rows of the queries and of every per-query array, and the
+    result equals the oracle for every row, including the last, shorter launch."""
+    import fastccreid.kernels._rank_stats_triton as R
+
+    q, g, lab = _case((37, 90, 16), torch.float32, seed=11)
+    lab_dev = {k: v.to(DEVICE) for k, v in lab.items()}
+    st = R.finish_stats(*R.rank_stats_triton(q.to(DEVICE), g.to(DEVICE), *lab_dev.values(), "market",
+                                             place_rows=place_rows))
+    _check_against_oracle(st.first_rank.cpu(), st.ap.cpu(), st.inp.cpu(), st.num_matches.cpu(),
+                          seed_sqeuclidean_f64(q, g), lab, "market", 1e-12, 0.0)
+    with pytest.raises(ValueError, match="rows per placement launch"):
+        R.place_chunks(37, 0)
+
+
+def test_bench_rows_of_both_rank_stats_backends():
+    """``bench eval``'s rank_stats rows (run on CUDA by benchmarks/gpu_check.sh to decide the ``auto`` rule): both
+    backends timed on the same features, equal results, each time related to the Gram matmul's."""
+    from fastccreid.bench.eval import rank_stats_backends_case
+
+    rows = rank_stats_backends_case("tiny", torch.device(DEVICE), repeats=1, size=(12, 70, 5))
+    assert [r.path for r in rows] == ["torch", "triton"]
+    assert rows[0].extra["mAP"] == rows[1].extra["mAP"] and 0.0 < rows[0].extra["mAP"] <= 1.0
+    for r in rows:
+        assert r.median_s > 0 and r.extra["gram_matmul_s"] > 0
+        assert r.extra["multiple_of_gram_matmul"] == pytest.approx(r.median_s / r.extra["gram_matmul_s"])
