@@ -261,7 +261,12 @@ def _run_rank(args) -> int:
                 _check_pair(args, q, g)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 err = exc
-            Comm(dist.group.WORLD, torch.device("cpu")).agree(err)
+            try:
+                Comm(dist.group.WORLD, torch.device("cpu")).agree(err)
+            finally:
+                # err's traceback holds this frame: drop the local so no reference cycle keeps the process group
+                # alive past cleanup() (gloo torn down at interpreter exit can abort; see sharded_stats)
+                err = None
             res = evaluate(
                 qf=q.feats, gf=g.feats, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids, g_camids=g.camids,
                 q_clothes=q.clothes, g_clothes=g.clothes, protocol=args.protocol, max_rank=args.max_rank,
@@ -270,12 +275,18 @@ def _run_rank(args) -> int:
             )
         except RuntimeError as exc:  # another rank failed: it printed why
             if ctx.rank == 0:
-                print(f"fastccreid eval-features: error: {exc}", file=sys.stderr)
+                sys.stderr.write(f"fastccreid eval-features: error: {exc}\n")
+                sys.stderr.flush()
             return 2
         except (ValueError, TypeError, FileNotFoundError) as exc:
-            if ctx.rank == 0 or err is not None:
-                prefix = f"rank {ctx.rank}: " if err is not None and ctx.rank else ""
-                print(f"fastccreid eval-features: error: {prefix}{exc}", file=sys.stderr)
+            # rank 0 prints its error; another rank prints its own only when rank 0 did not fail (then rank 0 says
+            # which ranks failed), so an error every rank raises (the same arguments) is printed once
+            failed = getattr(exc, "failed_ranks", None)
+            if ctx.rank == 0 or (failed is not None and 0 not in failed):
+                prefix = f"rank {ctx.rank}: " if ctx.rank else ""
+                # one write per line: the ranks share this stderr
+                sys.stderr.write(f"fastccreid eval-features: error: {prefix}{exc}\n")
+                sys.stderr.flush()
             return 2
         if ctx.rank == 0:
             _report(args, res, q.feats.shape, g.total_rows, ctx.world_size)
@@ -311,7 +322,8 @@ def _launch(args, nproc: int) -> int:
         for rank in range(nproc):
             procs.append(subprocess.Popen(argv, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
                                           start_new_session=True, preexec_fn=_die_with_parent))
-        return _supervise(procs, [], "fastccreid eval-features")
+        # the ranks of a sharded evaluation stop together (each printing its own error): give them 2 s to do so
+        return _supervise(procs, [], "fastccreid eval-features", settle_s=2.0)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -24,7 +24,7 @@ import time
 from fastccreid.engine.config import TrainConfig
 from fastccreid.engine.distributed import INIT_METHOD_ENV
 
-GRACE_S = 20.0  # after the first failure: how long the other ranks get to exit on SIGTERM before SIGKILL
+GRACE_S = 20.0  # after SIGTERM: how long the other ranks get to exit before SIGKILL
 POLL_S = 0.2
 
 
@@ -96,10 +96,12 @@ def launch(cfg: TrainConfig, nproc: int, *, prog: str = "fastccreid train") -> i
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _supervise(procs: list[subprocess.Popen], received: list[int], prog: str) -> int:
-    """Wait for every child; on the first failure stop the others and return its exit code."""
+def _supervise(procs: list[subprocess.Popen], received: list[int], prog: str, settle_s: float = 0.0) -> int:
+    """Wait for every child; on the first failure give the others ``settle_s`` to exit on their own (ranks that stop
+    together and print their own errors), then stop them (SIGTERM, SIGKILL after GRACE_S) and return the first
+    failure's exit code."""
     failed: tuple[int, int] | None = None
-    deadline = None
+    term_at = kill_at = None
     while True:
         codes = [p.poll() for p in procs]
         if failed is None:
@@ -108,18 +110,21 @@ def _supervise(procs: list[subprocess.Popen], received: list[int], prog: str) ->
                     failed = (rank, code)
                     print(f"{prog}: rank {rank} exited with code {code}; stopping the other processes",
                           file=sys.stderr, flush=True)
-                    for p in procs:
-                        if p.poll() is None:
-                            p.terminate()
-                    deadline = time.monotonic() + GRACE_S
+                    term_at = time.monotonic() + settle_s
                     break
         if all(c is not None for c in codes):
             break
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if term_at is not None and now >= term_at:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            term_at, kill_at = None, now + GRACE_S
+        if kill_at is not None and now > kill_at:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-            deadline = None
+            kill_at = None
         time.sleep(POLL_S)
     codes = [p.returncode for p in procs]
     if failed is not None:

@@ -101,14 +101,24 @@ class Comm:
 
     def agree(self, error: BaseException | None) -> None:
         """Every process raises when one does (a lone failure would leave the others waiting in a collective):
-        the failing process raises its own error, the others a RuntimeError naming the failing ranks."""
+        the failing process raises its own error, the others a RuntimeError naming the failing ranks. Either
+        exception carries ``failed_ranks`` (a CLI prints a rank's own message when rank 0 did not fail)."""
         flags = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=self.device)
         failed = [r for r, f in enumerate(self.all_gather(flags)) if int(f.item())]
         if error is not None:
-            raise error
+            error.failed_ranks = failed
+            try:
+                raise error
+            finally:
+                error = None  # the traceback holds this frame: drop its reference to the exception (see below)
         if failed:
-            raise RuntimeError(f"sharded evaluation stopped: rank(s) {failed} of the process group rejected their "
+            exc = RuntimeError(f"sharded evaluation stopped: rank(s) {failed} of the process group rejected their "
                                "inputs (see their error messages)")
+            exc.failed_ranks = failed
+            try:
+                raise exc
+            finally:
+                exc = None
 
 
 def local_matches(index: PidIndex, lo: torch.Tensor, cnt: torch.Tensor, rpad: int, qc, gc, qcl, gcl, junk):
@@ -321,7 +331,14 @@ def sharded_stats(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clot
                              "distance matrix) to this process's GPU, or use a gloo group for CPU tensors")
     except (ValueError, TypeError) as exc:
         err = exc
-    comm.agree(err)
+    try:
+        comm.agree(err)
+    finally:
+        # err's traceback holds this frame, whose local err holds err: a reference cycle that kept this frame (and
+        # the process group in comm) alive until the cyclic GC ran, i.e. past the caller's destroy_process_group,
+        # so gloo was torn down at interpreter exit and aborted about 1 exit in 6 ("terminate called without an
+        # active exception"). Raising a stored exception holds it the same way in agree().
+        err = None
     comm = Comm(group, data_device)
     d = -1 if dm is not None else inp.q.shape[1]
     qp = inp.qp
