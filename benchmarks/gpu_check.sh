@@ -4,7 +4,9 @@
 # the small sizes; each step is bounded (110 s + 340 s, plus 10 s grace each), so the call ends within 8 minutes.
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default: gpu_check_out)
 # Writes OUT_DIR/doctor.json, OUT_DIR/bench.json and the bench's markdown table / plots under OUT_DIR/bench/.
-# The bench's GPU pdist rows carry extra.fraction_of_cublas_flop_rate (cuBLAS x @ y.T on the same shapes).
+# The bench's GPU pdist rows carry extra.fraction_of_cublas_flop_rate (cuBLAS x @ y.T on the same shapes); its
+# "rank_stats cuda" eval rows time both rank_stats backends as multiples of the cuBLAS q @ g.T (the data for
+# backend="auto"'s CUDA evaluation rule, kernels/_backend.py).
 set -euo pipefail
 out="${1:-gpu_check_out}"
 mkdir -p "$out/bench"
