@@ -152,24 +152,30 @@ def test_shard_bounds_tile_in_order():
         shard_bounds(10, 2, 2)
 
 
+def _bad_shard_case(rank: int, world: int):
+    """Queries, this rank's gallery shard, the same shard with a NaN on rank 1, and evaluate's keywords for it."""
+    rng = np.random.default_rng(7)
+    lab = _labels(rng, 10, 40, npid=4, absent=0)
+    qf, gf = rng.random((10, 8)).astype(np.float32), rng.random((40, 8)).astype(np.float32)
+    lo, hi = shard_bounds(40, rank, world)
+    bad = gf[lo:hi].copy()
+    if rank == 1:
+        bad[0, 0] = np.nan
+    kw = dict(q_pids=lab["q_pids"], g_pids=lab["g_pids"][lo:hi], q_camids=lab["q_camids"],
+              g_camids=lab["g_camids"][lo:hi], process_group=True)
+    return lab, qf, gf[lo:hi], bad, kw
+
+
 def _error_worker(rank: int, world: int, store: str, out: str) -> None:
     init_env(rank, world, store)
     from fastccreid.engine.distributed import cleanup, setup
 
     setup(use_cpu=True)
-    rng = np.random.default_rng(7)
-    lab = _labels(rng, 10, 40, npid=4, absent=0)
-    qf, gf = rng.random((10, 8)).astype(np.float32), rng.random((40, 8)).astype(np.float32)
-    lo, hi = shard_bounds(40, rank, world)
-    g = gf[lo:hi].copy()
-    if rank == 1:
-        g[0, 0] = np.nan
-    kw = dict(q_pids=lab["q_pids"], g_pids=lab["g_pids"][lo:hi], q_camids=lab["q_camids"],
-              g_camids=lab["g_camids"][lo:hi], process_group=True)
+    lab, qf, g_ok, g, kw = _bad_shard_case(rank, world)
     seen = []
     try:
-        for call in (dict(qf=qf, gf=g), dict(qf=qf, gf=gf[lo:hi], protocol="cuhk03"),
-                     dict(qf=qf[: 9 + rank], gf=gf[lo:hi], q_pids=lab["q_pids"][: 9 + rank],
+        for call in (dict(qf=qf, gf=g), dict(qf=qf, gf=g_ok, protocol="cuhk03"),
+                     dict(qf=qf[: 9 + rank], gf=g_ok, q_pids=lab["q_pids"][: 9 + rank],
                           q_camids=lab["q_camids"][: 9 + rank])):
             try:
                 evaluate(**{**kw, **call})
@@ -202,17 +208,10 @@ def _cycle_worker(rank: int, world: int, store: str, out: str) -> None:
     from fastccreid.engine.distributed import cleanup, setup
 
     setup(use_cpu=True)
-    rng = np.random.default_rng(7)
-    lab = _labels(rng, 6, 20, npid=3, absent=0)
-    qf, gf = rng.random((6, 8)).astype(np.float32), rng.random((20, 8)).astype(np.float32)
-    lo, hi = shard_bounds(20, rank, world)
-    g = gf[lo:hi].copy()
-    g[0, 0] = np.nan if rank == 1 else g[0, 0]
-    kw = dict(q_pids=lab["q_pids"], g_pids=lab["g_pids"][lo:hi], q_camids=lab["q_camids"],
-              g_camids=lab["g_camids"][lo:hi], process_group=True)
+    _, qf, g_ok, g, kw = _bad_shard_case(rank, world)
     leaked = {}
     try:
-        for name, call in (("nan", dict(qf=qf, gf=g)), ("cuhk03", dict(qf=qf, gf=gf[lo:hi], protocol="cuhk03"))):
+        for name, call in (("nan", dict(qf=qf, gf=g)), ("cuhk03", dict(qf=qf, gf=g_ok, protocol="cuhk03"))):
             gc.collect()
             gc.disable()
             gc.set_debug(gc.DEBUG_SAVEALL)

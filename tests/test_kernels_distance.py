@@ -13,24 +13,12 @@ import sys
 
 import pytest
 import torch
+from helpers.kernel_oracles import pairwise_oracle
 
 from fastccreid.kernels import pairwise_distance
 from fastccreid.reference.losses import euclidean_dist
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
-
-
-def _plain(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    """Independent oracle in float64: explicit differences, no matmul identity."""
-    x64, y64 = x.double(), y.double()
-    sq = ((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1)
-    if metric == "sqeuclidean":
-        return sq
-    if metric == "euclidean":
-        return sq.clamp(min=1e-12).sqrt()
-    xn = x64 / x64.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    yn = y64 / y64.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return 1 - xn @ yn.t()
 
 
 @pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 13, 5), (33, 65, 129), (70, 70, 17)])
@@ -47,7 +35,7 @@ def test_euclidean_matches_reference(m, n, d):
 def test_metrics_match_plain_formula(metric, m, n, d):
     gen = torch.Generator().manual_seed(7)
     x, y = torch.randn(m, d, generator=gen) * 3, torch.randn(n, d, generator=gen)
-    torch.testing.assert_close(pairwise_distance(x, y, metric, backend="torch").double(), _plain(x, y, metric),
+    torch.testing.assert_close(pairwise_distance(x, y, metric, backend="torch").double(), pairwise_oracle(x, y, metric),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -58,7 +46,7 @@ def test_self_distance_y_none_and_symmetric_gram(metric):
     x = torch.randn(90, 40, generator=gen)
     x[10] = x[3]
     out = pairwise_distance(x, metric=metric, backend="torch")
-    torch.testing.assert_close(out.double(), _plain(x, x, metric), rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(out.double(), pairwise_oracle(x, x, metric), rtol=1e-4, atol=2e-4)
     torch.testing.assert_close(out, out.t(), rtol=1e-5, atol=1e-5)
     assert torch.equal(out[3], out[10])
     if metric == "euclidean":

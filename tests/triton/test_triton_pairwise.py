@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.kernel_oracles import pairwise_oracle
 
 from fastccreid.kernels import pairwise_distance
 from fastccreid.reference.losses import euclidean_dist
@@ -19,19 +20,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 SHAPES = [(1, 1, 1), (37, 21, 50), (19, 23, 33), (65, 40, 130)]  # (M, N, D)
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.float16, 1e-5, 1e-5), (torch.bfloat16, 1e-5, 1e-5)]
-
-
-def _plain(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    """Float64 oracle by explicit differences (no matmul identity); autograd-capable."""
-    x64, y64 = x.double(), y.double()
-    sq = ((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1)
-    if metric == "sqeuclidean":
-        return sq
-    if metric == "euclidean":
-        return sq.clamp(min=1e-12).sqrt()
-    xn = x64 / x64.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    yn = y64 / y64.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return 1 - xn @ yn.t()
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> None:
@@ -48,7 +36,7 @@ def test_triton_forward_matches_float64(shape, dtype, atol, rtol, metric):
     x, y = torch.randn(m, d, generator=gen).to(dtype), torch.randn(n, d, generator=gen).to(dtype)
     out = pairwise_distance(x.to(DEVICE), y.to(DEVICE), metric, backend="triton")
     assert out.dtype == torch.float32 and out.shape == (m, n)
-    _close(out, _plain(x, y, metric), atol, rtol)
+    _close(out, pairwise_oracle(x, y, metric), atol, rtol)
     if metric == "euclidean" and dtype == torch.float32:
         _close(out, euclidean_dist(x, y).double(), atol, rtol)  # the seed's own function
 
@@ -57,7 +45,7 @@ def test_triton_forward_matches_float64(shape, dtype, atol, rtol, metric):
 def test_triton_self_distance(metric):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(33, 24, generator=gen)
-    got, want = pairwise_distance(x.to(DEVICE), metric=metric, backend="triton").cpu(), _plain(x, x, metric)
+    got, want = pairwise_distance(x.to(DEVICE), metric=metric, backend="triton").cpu(), pairwise_oracle(x, x, metric)
     off = ~torch.eye(33, dtype=torch.bool)
     _close(got[off], want[off], 1e-5, 1e-5)
     # the diagonal is fp32 cancellation in |x|^2 + |x|^2 - 2 x.x (~1e-6 of |x|^2), square-rooted for euclidean
@@ -74,7 +62,7 @@ def test_triton_gradients_match_float64_autograd(shape, metric):
     x, y = x0.clone().to(DEVICE).requires_grad_(), y0.clone().to(DEVICE).requires_grad_()
     got = torch.autograd.grad((pairwise_distance(x, y, metric, backend="triton") * w.to(DEVICE)).sum(), [x, y])
     x64, y64 = x0.detach().double().requires_grad_(), y0.detach().double().requires_grad_()
-    want = torch.autograd.grad((_plain(x64, y64, metric) * w.double()).sum(), [x64, y64])
+    want = torch.autograd.grad((pairwise_oracle(x64, y64, metric) * w.double()).sum(), [x64, y64])
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-4)
 
@@ -82,8 +70,8 @@ def test_triton_gradients_match_float64_autograd(shape, metric):
 def test_triton_strided_input():
     gen = torch.Generator().manual_seed(1)
     xs = torch.randn(40, 66, generator=gen)[:, ::2]
-    _close(pairwise_distance(xs.to(DEVICE), metric="sqeuclidean", backend="triton"), _plain(xs, xs, "sqeuclidean"),
-           1e-5, 1e-5)
+    _close(pairwise_distance(xs.to(DEVICE), metric="sqeuclidean", backend="triton"),
+           pairwise_oracle(xs, xs, "sqeuclidean"), 1e-5, 1e-5)
 
 
 def test_registered_op_matches_float64_and_compiles_fullgraph():
@@ -99,10 +87,10 @@ def test_registered_op_matches_float64_and_compiles_fullgraph():
     d = op(x, y0.to(DEVICE), 1)  # euclidean
     (d * w.to(DEVICE)).sum().backward()
     x64 = x0.detach().double().requires_grad_()
-    ref = _plain(x64, y0, "euclidean")
+    ref = pairwise_oracle(x64, y0, "euclidean")
     (ref * w.double()).sum().backward()
     _close(d.detach(), ref.detach(), 1e-5, 1e-5)
     torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=1e-4, rtol=1e-4)
     comp = torch.compile(lambda a, b: op(a, b, 0).sum(), fullgraph=True, backend="eager")
     got = comp(x0.to(DEVICE), y0.to(DEVICE))
-    torch.testing.assert_close(got.double().cpu(), _plain(x0, y0, "sqeuclidean").sum(), atol=1e-2, rtol=1e-5)
+    torch.testing.assert_close(got.double().cpu(), pairwise_oracle(x0, y0, "sqeuclidean").sum(), atol=1e-2, rtol=1e-5)

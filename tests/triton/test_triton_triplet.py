@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers.kernel_oracles import triplet_loss_oracle
 
 from fastccreid.kernels import batch_hard_mining, batch_hard_triplet_loss
 from fastccreid.reference.losses import euclidean_dist, hard_example_mining
@@ -58,21 +59,6 @@ def _mining_oracle(x: torch.Tensor, labels: torch.Tensor):
     return torch.tensor(d_ap, dtype=f64), torch.tensor(d_an, dtype=f64), torch.tensor(pos), torch.tensor(neg)
 
 
-def _loss_oracle(x: torch.Tensor, labels: torch.Tensor, margin):
-    """The definition in float64 with autograd: mean over valid anchors of the margin (or soft-margin) term."""
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1).clamp(min=1e-12).sqrt()
-    lab = labels.tolist()
-    terms = []
-    for i, li in enumerate(lab):
-        pos = [j for j, lj in enumerate(lab) if lj == li]
-        neg = [j for j, lj in enumerate(lab) if lj != li]
-        if len(pos) < 2 or not neg:
-            continue
-        z = d[i, pos].max() - d[i, neg].min()
-        terms.append(torch.nn.functional.softplus(z) if margin is None else (z + margin).clamp(min=0))
-    return torch.stack(terms).mean() if terms else x.sum() * 0
-
-
 @pytest.mark.parametrize("dtype,atol,gatol,grtol", DTYPES)
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("case", list(LABELS))
@@ -109,7 +95,7 @@ def test_triton_loss_and_gradient_match_float64(case, dtype, atol, gatol, grtol,
     loss = batch_hard_triplet_loss(x, labels.to(DEVICE), margin=margin, backend="triton")
     loss.backward()
     x64 = x0.detach().double().requires_grad_()
-    ref = _loss_oracle(x64, labels, margin)
+    ref = triplet_loss_oracle(x64, labels, margin)
     ref.backward()
     torch.testing.assert_close(loss.detach().double().cpu(), ref.detach(), atol=atol, rtol=atol)
     assert x.grad.dtype == dtype
