@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastccreid.bench.kernels import EVAL_SIZE, TRIPLET_SIZES, D, interleaved_medians, peak_rss_delta
+from fastccreid.bench.common import interleaved_medians
+from fastccreid.bench.kernels import EVAL_SIZE, TRIPLET_SIZES, D, peak_rss_delta
 from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance
 from fastccreid.reference.losses import TripletLoss, euclidean_dist
 

@@ -15,7 +15,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -48,6 +51,32 @@ def time_median(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device | None = None
+                        ) -> dict[str, float]:
+    """Median seconds per function over ``repeats`` rounds that run them in turn (after one untimed run each), so
+    load from other processes on a shared machine hits every path alike. On a CUDA ``device`` each timed call is
+    synchronised before and after (kernels run asynchronously)."""
+
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
+
+    for fn in fns.values():
+        fn()
+        sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def hardware() -> dict[str, Any]:

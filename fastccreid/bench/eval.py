@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from fastccreid.bench.common import BenchRow, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
 
 D = 2048
 NOISE = 4.5  # per-element noise scale of the synthetic features (sets how hard the ranking is)
@@ -102,7 +102,6 @@ def rank_stats_backends_case(name: str, device: torch.device, repeats: int = 5,
     equal, and in ``extra`` the time of q @ g.T (on CUDA the cuBLAS fp32 matmul an exact evaluation must do) and
     each path's time as a multiple of it: the data for the CUDA ``auto`` rule (kernels/_backend.py). On CPU the
     Triton path runs only under TRITON_INTERPRET=1 (tests use a small ``size``)."""
-    from fastccreid.bench.kernels import interleaved_medians
     from fastccreid.kernels import rank_stats
 
     nq, ng, nid = size if size is not None else CASES[name]

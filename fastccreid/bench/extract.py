@@ -18,35 +18,18 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastccreid.bench.common import BenchRow, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
 
 OUT_H, OUT_W = 384, 192
 WORKERS = 2
 CASE = f"cssc-{OUT_H}x{OUT_W}"
-
-
-def _interleaved(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, list[float]]:
-    """One untimed run of each path, then ``repeats`` rounds alternating between them; times per path."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _reference_fn(model: torch.nn.Module, loader, device: torch.device) -> Callable[[], int]:
@@ -138,8 +121,7 @@ def run(quick: bool) -> list[BenchRow]:
             onnx_note = f"onnxruntime {ort.__version__}, {session.get_providers()[0]}"
         except ImportError as exc:  # optional: the [onnx] extra
             onnx_note = f"skipped: {exc}"
-        times = _interleaved(fns, repeats)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians(fns, repeats, device)
         common = {"device": str(device), "batch": batch, "workers": WORKERS, "images": n_images}
         backend = choose_loader("auto", device)[0]
         rows.append(BenchRow("extract", CASE, "reference", med["reference"], n_images / med["reference"],

@@ -13,13 +13,11 @@ device memory. Quick mode (< 60 s on 2 cores): B = 32 and 256, and the LTCC-size
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench.common import BenchRow, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
 from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance
 from fastccreid.reference.losses import TripletLoss, euclidean_dist
 
@@ -53,27 +51,6 @@ def peak_rss_delta(fn: Callable[[], object]) -> int | None:
     if before is None or after is None:
         return None
     return max(0, after - before)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per function, running them in turn each round (fair under a fluctuating machine load)."""
-    for fn in fns.values():
-        fn()
-        _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int | None:

@@ -20,14 +20,11 @@ Celeb-reID-like 128 x 256 (W x H) JPEGs and LTCC-like PNGs of the same size.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench.common import BenchRow, peak_rss_bytes, time_median
+from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes, time_median
 
 WORKERS = 2
 OUT_H, OUT_W = 384, 192
@@ -46,20 +43,6 @@ def _epoch_fn(loader, finish):
             torch.cuda.synchronize()
         return n
     return run
-
-
-def _interleaved(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, list[float]]:
-    """Run each epoch function once untimed, then ``repeats`` rounds alternating between them, so that load from
-    other processes on a shared machine hits every path alike; returns the times per path."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _normalize_ms(loader, finish, reps: int = 7) -> float:
@@ -98,15 +81,14 @@ def run(quick: bool) -> list[BenchRow]:
             ref = build_reference_loaders(ds, height=OUT_H, width=OUT_W, train_batch=32, num_instances=4,
                                           num_workers=WORKERS, use_gpu=device.type == "cuda").train
             n_fast, n_ref = len(fast) * 32, len(ref) * 32
-            times = _interleaved({
+            med = interleaved_medians({
                 "fast": _epoch_fn(fast, to_model_input),
                 "reference": _epoch_fn(ref, lambda b: b[0].to(device)),
                 "torch": _epoch_fn(fallback, to_model_input),
                 "uint8": _epoch_fn(fast_u8, lambda b: b.images),
                 "uint8+normalize": _epoch_fn(fast_u8, to_model_input),
-            }, repeats)
+            }, repeats, device)
             norm_ms = _normalize_ms(fast_u8, to_model_input)
-            med = {k: statistics.median(v) for k, v in times.items()}
             extra = {"workers": WORKERS, "device": str(device), "train_images": len(ds.train),
                      "torch_fallback_img_per_s": n_fast / med["torch"]}
             rows.append(BenchRow("pipeline", case, "fast", med["fast"], n_fast / med["fast"], peak_rss_bytes(),
