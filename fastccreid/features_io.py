@@ -183,6 +183,12 @@ def load_features(path: str, shard: tuple[int, int] | None = None) -> FeatureSet
     return fs
 
 
+def _error(message: str) -> None:
+    """``fastccreid eval-features: error: <message>`` on stderr in one write (the ranks of --nproc share it)."""
+    sys.stderr.write(f"fastccreid eval-features: error: {message}\n")
+    sys.stderr.flush()
+
+
 def run_eval_features(args) -> int:
     """``fastccreid eval-features QUERY GALLERY``: print the standard table and optionally write JSON.
 
@@ -191,7 +197,7 @@ def run_eval_features(args) -> int:
     nproc = getattr(args, "nproc", 1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if nproc < 1:
-        print(f"fastccreid eval-features: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        _error(f"--nproc must be >= 1, got {nproc}")
         return 2
     if nproc > 1 and world <= 1:
         return _launch(args, nproc)
@@ -210,7 +216,7 @@ def run_eval_features(args) -> int:
             rerank=getattr(args, "reranking", False),
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"fastccreid eval-features: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     _report(args, res, q.feats.shape, g.feats.shape[0], 1)
     return 0
@@ -275,18 +281,14 @@ def _run_rank(args) -> int:
             )
         except RuntimeError as exc:  # another rank failed: it printed why
             if ctx.rank == 0:
-                sys.stderr.write(f"fastccreid eval-features: error: {exc}\n")
-                sys.stderr.flush()
+                _error(str(exc))
             return 2
         except (ValueError, TypeError, FileNotFoundError) as exc:
             # rank 0 prints its error; another rank prints its own only when rank 0 did not fail (then rank 0 says
             # which ranks failed), so an error every rank raises (the same arguments) is printed once
             failed = getattr(exc, "failed_ranks", None)
             if ctx.rank == 0 or (failed is not None and 0 not in failed):
-                prefix = f"rank {ctx.rank}: " if ctx.rank else ""
-                # one write per line: the ranks share this stderr
-                sys.stderr.write(f"fastccreid eval-features: error: {prefix}{exc}\n")
-                sys.stderr.flush()
+                _error(f"rank {ctx.rank}: {exc}" if ctx.rank else str(exc))
             return 2
         if ctx.rank == 0:
             _report(args, res, q.feats.shape, g.total_rows, ctx.world_size)

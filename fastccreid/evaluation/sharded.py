@@ -105,20 +105,16 @@ class Comm:
         exception carries ``failed_ranks`` (a CLI prints a rank's own message when rank 0 did not fail)."""
         flags = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=self.device)
         failed = [r for r, f in enumerate(self.all_gather(flags)) if int(f.item())]
-        if error is not None:
-            error.failed_ranks = failed
-            try:
-                raise error
-            finally:
-                error = None  # the traceback holds this frame: drop its reference to the exception (see below)
-        if failed:
-            exc = RuntimeError(f"sharded evaluation stopped: rank(s) {failed} of the process group rejected their "
-                               "inputs (see their error messages)")
-            exc.failed_ranks = failed
-            try:
-                raise exc
-            finally:
-                exc = None
+        if not failed:
+            return
+        if error is None:
+            error = RuntimeError(f"sharded evaluation stopped: rank(s) {failed} of the process group rejected "
+                                 "their inputs (see their error messages)")
+        error.failed_ranks = failed
+        try:
+            raise error
+        finally:
+            error = None  # the traceback holds this frame: drop its reference to the exception (see sharded_stats)
 
 
 def local_matches(index: PidIndex, lo: torch.Tensor, cnt: torch.Tensor, rpad: int, qc, gc, qcl, gcl, junk):
