@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes; `all` finishes within 10 minutes on 2 cores")
     p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="write rows as JSON")
     p.add_argument("--out", default="", metavar="DIR", help="also write a markdown table and PNG plots")
+    p.add_argument("--md", dest="md_out", default="", metavar="FILE",
+                   help="write the rows' table and the summary table (one markdown file)")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each suite in its own process, so a failure or a timeout loses only that suite "
+                        "(default: on for `all`)")
+    p.add_argument("--suite_timeout", default="", metavar="S|NAME=S,...",
+                   help="with --isolate: seconds each suite may run (one number, or e.g. kernels=60,default=120)")
 
     p = sub.add_parser("doctor", help="check what this machine runs: versions, backends, fast paths vs their twins")
     p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="also write the report as JSON")

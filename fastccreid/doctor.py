@@ -7,6 +7,11 @@ and the Triton kernels under ``TRITON_INTERPRET=1`` (in a subprocess) against th
 compiled Triton kernels against torch, DALI's mixed (nvJPEG) decode against the CPU decode, a bf16 and an fp16 +
 GradScaler train step, a compiled step that does not recompile on its second call, and a steady-state train step
 under ``torch.cuda.set_sync_debug_mode("error")``.
+
+Each check's line is printed (and flushed) as soon as it finishes, and the JSON report is rewritten after every
+check, so a run stopped by a timeout keeps everything before the check in flight. A check whose requirement is
+absent (DALI) is reported ``skipped`` with the reason, never as passed. On CUDA every check runs in its own process
+with its own time limit (a CUDA fault or a hang in one cannot poison or stall the others).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -25,28 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-SCHEMA = "fastccreid.doctor/1"
+SCHEMA = "fastccreid.doctor/2"  # /2: per-check "status" (ok / fail / skipped), "complete", "counts"
 OPS = ("pairwise_distance", "batch_hard_triplet_loss", "rank_stats", "topk_ranking")
-
-
-def dali_cuda_major(value: Any) -> int:
-    """CUDA major of NVIDIA DALI's ``__cuda_version__``, read as DALI reads it; 0 when unknown.
-
-    DALI writes ``int('12.1.105'.replace('.', ''))`` = 121105 (``nvidia/dali/__init__.py``) and reads the major
-    back as ``int(str(__cuda_version__)[:2])`` (``nvidia/dali/backend.py``); CUDA >= 10 has two digits. A dotted
-    string ('12.1.105', '12.0') gives the part before the first dot.
-    """
-    if value is None or isinstance(value, bool):
-        return 0
-    text = str(value).strip()
-    if not text:
-        return 0
-    if "." in text:
-        head = text.split(".", 1)[0]
-        return int(head) if head.isdigit() else 0
-    if not text.isdigit() or int(text) == 0:
-        return 0
-    return int(text[:2])
 
 
 def _cuda_major(version: str | None) -> int:
@@ -90,6 +76,8 @@ def environment() -> dict[str, Any]:
         env["triton"] = None
     try:
         import nvidia.dali as dali
+
+        from fastccreid.data.dali import dali_cuda_major
 
         env["dali"] = dali.__version__
         env["dali_cuda_major"] = dali_cuda_major(getattr(dali, "__cuda_version__", 0))
@@ -157,20 +145,47 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
 # ---------------------------------------------------------------------------------------------------------------
 # Checks: each returns (ok, detail)
 
+CHECK_TIMEOUT_S = 150.0  # one isolated check (cold Triton compiles and autotuning included)
+STATUSES = ("ok", "fail", "skipped")
+
+
+class SkipCheck(Exception):
+    """Raised by a check whose requirement is absent on this machine (the message says which and why)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """One fast path against its twin: ``fn()`` returns (ok, detail)."""
+    """One fast path against its twin: ``fn()`` returns (ok, detail) or raises ``SkipCheck(reason)``.
+    ``timeout_s`` bounds it when it runs in its own process."""
 
     name: str
     fn: Callable[[], tuple[bool, str]]
+    timeout_s: float = CHECK_TIMEOUT_S
+
+
+def skipped_check(name: str, reason: str) -> Check:
+    """A check that reports ``skipped`` with ``reason`` (what is absent and why), never ``ok``."""
+
+    def fn() -> tuple[bool, str]:
+        raise SkipCheck(reason)
+
+    return Check(f"{name} (skipped)", fn)
 
 
 @dataclasses.dataclass
 class CheckResult:
+    """What one check found: ``status`` "ok" / "fail" / "skipped"; ``ok`` True / False, None when skipped."""
+
     name: str
-    ok: bool
+    ok: bool | None
     detail: str
     seconds: float
+    status: str = "ok"
+
+    @classmethod
+    def make(cls, name: str, ok: bool | None, detail: str, seconds: float) -> CheckResult:
+        status = "skipped" if ok is None else ("ok" if ok else "fail")
+        return cls(name, ok, detail, round(seconds, 3), status)
 
 
 def _close(name: str, a, b, atol: float, rtol: float = 0.0) -> tuple[bool, str]:
@@ -251,39 +266,55 @@ for r in triton_vs_torch(sys.argv[1]):
 """
 
 
-def triton_vs_torch(device: str) -> list[dict]:
-    """Each Triton op against its torch twin on ``device`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
+TRITON_GROUPS = ("pairwise_distance", "batch_hard_triplet_loss", "rank_stats", "topk_ranking")
+
+
+def triton_vs_torch(device: str, groups: Sequence[str] = TRITON_GROUPS) -> list[dict]:
+    """Each Triton op of ``groups`` against its torch twin on ``device`` (CUDA, or CPU under TRITON_INTERPRET=1).
+    rank_stats: both fp32 paths against the fp64 torch path (a GEMM may sum K in another order than the fused
+    kernel, so the two fp32 paths may differ from each other by rounding, not from the truth by more)."""
     from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance, rank_stats, topk_ranking
 
+    unknown = set(groups) - set(TRITON_GROUPS)
+    if unknown:
+        raise ValueError(f"triton_vs_torch: unknown groups {sorted(unknown)}; valid: {list(TRITON_GROUPS)}")
     out = []
     dtypes = (torch.float32, torch.bfloat16) if device != "cpu" else (torch.float32,)
     for dt in dtypes:
         x, y, labels = _inputs(device, dt)
         tol = 1e-4 if dt == torch.float32 else 2e-2
-        for metric in ("sqeuclidean", "euclidean", "cosine"):
-            ok, detail = _close(f"pairwise {metric} {dt}", pairwise_distance(x, y, metric, backend="triton"),
-                                pairwise_distance(x, y, metric, backend="torch"), tol, tol)
-            out.append({"name": f"triton pairwise_distance {metric} {dt} ({device})", "ok": ok, "detail": detail})
-        ok, detail = _close("triplet", batch_hard_triplet_loss(x, labels, 0.3, backend="triton"),
-                            batch_hard_triplet_loss(x, labels, 0.3, backend="torch"), tol, tol)
-        out.append({"name": f"triton batch_hard_triplet_loss {dt} ({device})", "ok": ok, "detail": detail})
+        if "pairwise_distance" in groups:
+            for metric in ("sqeuclidean", "euclidean", "cosine"):
+                ok, detail = _close(f"pairwise {metric} {dt}", pairwise_distance(x, y, metric, backend="triton"),
+                                    pairwise_distance(x, y, metric, backend="torch"), tol, tol)
+                out.append({"name": f"triton pairwise_distance {metric} {dt} ({device})", "ok": ok,
+                            "detail": detail})
+        if "batch_hard_triplet_loss" in groups:
+            ok, detail = _close("triplet", batch_hard_triplet_loss(x, labels, 0.3, backend="triton"),
+                                batch_hard_triplet_loss(x, labels, 0.3, backend="torch"), tol, tol)
+            out.append({"name": f"triton batch_hard_triplet_loss {dt} ({device})", "ok": ok, "detail": detail})
     gen = torch.Generator().manual_seed(2)
     qf, gf = torch.randn(10, 32, generator=gen).to(device), torch.randn(70, 32, generator=gen).to(device)
     qp, gp = torch.randint(0, 5, (10,), generator=gen).to(device), torch.randint(0, 5, (70,), generator=gen).to(device)
     qc, gc = torch.randint(0, 3, (10,), generator=gen).to(device), torch.randint(0, 3, (70,), generator=gen).to(device)
     lab = dict(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc)
-    a = rank_stats(qf, gf, "sqeuclidean", junk="market", backend="triton", **lab)
-    b = rank_stats(qf, gf, "sqeuclidean", junk="market", backend="torch", **lab)
-    same = bool(torch.equal(a.first_rank, b.first_rank)) and bool(torch.allclose(a.ap, b.ap, atol=1e-9))
-    out.append({"name": f"triton rank_stats ({device})", "ok": same,
-                "detail": f"first_rank equal {bool(torch.equal(a.first_rank, b.first_rank))}, "
-                          f"max |AP diff| {float((a.ap - b.ap).abs().max()):.3g}"})
-    for k in (5, 200):
-        va, ia = topk_ranking(qf, gf, k, junk="market", backend="triton", **lab)
-        vb, ib = topk_ranking(qf, gf, k, junk="market", backend="torch", **lab)
-        ok = bool(torch.equal(ia, ib)) and bool(torch.allclose(va, vb, atol=1e-4, equal_nan=True))
-        out.append({"name": f"triton topk_ranking k={k} ({device})", "ok": ok,
-                    "detail": f"indices equal {bool(torch.equal(ia, ib))}"})
+    if "rank_stats" in groups:
+        exact = rank_stats(qf.double(), gf.double(), "sqeuclidean", junk="market", backend="torch", **lab)
+        parts, ok = [], True
+        for backend in ("triton", "torch"):
+            r = rank_stats(qf, gf, "sqeuclidean", junk="market", backend=backend, **lab)
+            same_rank = bool(torch.equal(r.first_rank, exact.first_rank))
+            err = float((r.ap.double() - exact.ap.double()).abs().max())
+            ok = ok and same_rank and err <= 1e-6
+            parts.append(f"{backend}: first_rank equal to fp64 {same_rank}, max |AP - fp64 AP| {err:.3g}")
+        out.append({"name": f"triton rank_stats ({device})", "ok": ok, "detail": "; ".join(parts)})
+    if "topk_ranking" in groups:
+        for k in (5, 200):
+            va, ia = topk_ranking(qf, gf, k, junk="market", backend="triton", **lab)
+            vb, ib = topk_ranking(qf, gf, k, junk="market", backend="torch", **lab)
+            ok = bool(torch.equal(ia, ib)) and bool(torch.allclose(va, vb, atol=1e-4, equal_nan=True))
+            out.append({"name": f"triton topk_ranking k={k} ({device})", "ok": ok,
+                        "detail": f"indices equal {bool(torch.equal(ia, ib))}"})
     return out
 
 
@@ -342,61 +373,109 @@ def _train_steps(device, amp: str, steps: int = 3) -> tuple[bool, str]:
     return all(math.isfinite(v) for v in vals), f"{cfg.name} losses {[round(v, 4) for v in vals]}"
 
 
-def _no_recompile(device) -> tuple[bool, str]:
-    """torch.compile of a train step: one graph on the first call, none added by the second (same shapes).
-    A custom backend counts compilations and hands the graph to inductor (torch.compile's documented custom-backend
-    interface: ``backend(gm, example_inputs) -> callable``)."""
-    from torch._inductor.compile_fx import compile_fx
+def _cssc_small(device) -> torch.nn.Module:
+    from fastccreid.models import CSSC
 
-    from fastccreid.kernels import batch_hard_triplet_loss
+    torch.manual_seed(0)
+    return CSSC(6, last_stride=1, pretrained=None).to(device).to(memory_format=torch.channels_last)
 
-    calls = []
+
+def no_recompile_check(device, model: torch.nn.Module | None = None, *, batch: int = 8, eval_batch: int = 6,
+                       last: int = 3, size: tuple[int, int] = (128, 64), pad_last: bool = True,
+                       compiler: Callable | None = None) -> tuple[bool, str]:
+    """The trainer's compiled nets through a train / eval cycle: ``torch.compile(model, dynamic=False)`` twice (the
+    train net and the eval net, as ``Trainer``), two train steps, the switch to eval mode under ``no_grad`` with a
+    full eval batch [eval_batch, 3, H, W] and the last partial batch of ``last`` rows zero-padded to eval_batch (as
+    ``extract_features`` with ``static_batch``), then train and eval again. Graphs may be compiled on the first call
+    of each mode, never after. A custom backend counts the graphs dynamo hands over (``backend(gm, example_inputs)
+    -> callable``, torch.compile's documented interface) and runs them through ``compiler`` (default: inductor on
+    CUDA; the FX graph's own forward on CPU). Recompiles are dynamo's (guards), whatever the backend.
+    ``pad_last=False`` feeds the partial batch unpadded (the failure this check exists to catch)."""
+    from fastccreid.engine.loss import cssc_loss
+
+    device = torch.device(device)
+    if compiler is None:
+        if device.type == "cuda":
+            from torch._inductor.compile_fx import compile_fx as compiler
+        else:
+            def compiler(gm, example_inputs):
+                return gm.forward
+    calls: list[int] = []
 
     def counting(gm, example_inputs):
         calls.append(1)
-        return compile_fx(gm, example_inputs)
+        return compiler(gm, example_inputs)
 
-    model = _tiny_model(device)
-    y = torch.arange(6).repeat_interleave(4).to(device)
+    model = _cssc_small(device) if model is None else model
+    train_net = torch.compile(model, dynamic=False, backend=counting)
+    eval_net = torch.compile(model, dynamic=False, backend=counting)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    h, w = size
+    x = torch.randn(batch, 3, h, w, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    y = (torch.arange(batch) // 4).to(device)
+    xe = torch.randn(eval_batch, 3, h, w, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    tail = xe[:last]
+    if pad_last:
+        tail = torch.cat([tail, tail.new_zeros((eval_batch - last, 3, h, w))]).contiguous(
+            memory_format=torch.channels_last)
+    counts: list[tuple[str, int]] = []
 
-    @torch.compile(backend=counting)
-    def step(x):
-        return batch_hard_triplet_loss(model(x), y, 0.3, validate=False)
-
-    x = torch.randn(24, 3, 16, 8, device=device)
-    step(x).backward()
-    first = len(calls)
-    step(x + 1).backward()
-    return first >= 1 and len(calls) == first, f"graphs compiled: {first} on call 1, {len(calls) - first} on call 2"
-
-
-def _no_sync(device) -> tuple[bool, str]:
-    """A steady-state train step (after one warm-up step: autotuning and allocator warm-up may sync) under
-    ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing CUDA call."""
-    from fastccreid.kernels import batch_hard_triplet_loss
-
-    model = _tiny_model(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    y = torch.arange(6).repeat_interleave(4).to(device)
-    x = torch.randn(24, 3, 16, 8, device=device)
-
-    def step():
+    def train_step(tag: str) -> None:
+        model.train()
+        before = len(calls)
+        feats, logits = train_net(x)
+        loss = cssc_loss(feats, logits, y, use_triplet=True, margin=0.3).total
         opt.zero_grad(set_to_none=True)
-        loss = batch_hard_triplet_loss(model(x), y, 0.3, validate=False)
         loss.backward()
         opt.step()
-        return loss.detach()
+        counts.append((tag, len(calls) - before))
 
-    step()
+    def eval_pass(tag: str) -> None:
+        model.eval()
+        with torch.no_grad():
+            for what, batch_in in (("", xe), (" last batch", tail)):
+                before = len(calls)
+                eval_net(batch_in)
+                counts.append((tag + what, len(calls) - before))
+        model.train()
+
+    train_step("train 1")
+    train_step("train 2")
+    eval_pass("eval 1")
+    train_step("train 3")
+    eval_pass("eval 2")
+    first = {"train 1", "eval 1"}
+    late = sum(n for tag, n in counts if tag not in first)
+    ok = late == 0 and all(n >= 1 for tag, n in counts if tag in first)
+    return ok, "graphs compiled per call: " + ", ".join(f"{tag} {n}" for tag, n in counts)
+
+
+def no_sync_check(device, *, batch: int = 8, size: tuple[int, int] = (128, 64), amp: str = "auto"
+                  ) -> tuple[bool, str]:
+    """The trainer's step as ``bench train`` times it (CSSC, autocast, ``cssc_loss`` with the fused triplet term,
+    fused Adam, GradScaler) at steady state (after two warm-up steps: autotuning and allocator warm-up may sync)
+    under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing CUDA call."""
+    from fastccreid.bench.train import make_fast_step
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise SkipCheck("set_sync_debug_mode needs a CUDA device")
+    step, desc = make_fast_step(device, amp_mode=amp, compile_model=False)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, *size, generator=gen).to(device)
+    y = (torch.arange(batch) // 4).to(device)
+    step(x, y)
+    step(x, y)
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = step()
+        loss = step(x, y)
     except RuntimeError as e:
-        return False, f"host sync in a steady-state step: {e}"
+        return False, f"host sync in a steady-state step ({desc}): {e}"
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    return bool(torch.isfinite(loss).item()), "no synchronizing call in a steady-state step"
+    return bool(torch.isfinite(loss).item()), f"no synchronizing call in a steady-state step ({desc})"
 
 
 def _dali_decode(device, decoder: str = "mixed") -> tuple[bool, str]:
@@ -432,55 +511,117 @@ def _dali_decode(device, decoder: str = "mixed") -> tuple[bool, str]:
     return ok, "mean |diff| grey levels " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items())
 
 
+def _dali_check(device: torch.device) -> Check:
+    """DALI's decode against PIL's on ``device`` (mixed = nvJPEG on CUDA, DALI's CPU decoder on a CPU), or a
+    skipped check naming why DALI is not usable here."""
+    from fastccreid.data.dali import dali_status
+
+    decoder = "mixed" if device.type == "cuda" else "cpu"
+    name = f"dali {decoder} decode vs CPU decode"
+    usable, why = dali_status(device)
+    if not usable:
+        return skipped_check(name, why)
+    return Check(name, lambda: _dali_decode(device, decoder=decoder))
+
+
 def cuda_checks(device: torch.device) -> list[Check]:
-    """Checks that need a GPU: compiled Triton vs torch, DALI mixed decode, AMP train steps, compile, syncs."""
+    """Checks that need a GPU: compiled Triton vs torch (one check per op, each its own cold compiles), DALI mixed
+    decode, AMP train steps, the compiled train / eval cycle, syncs in the real step."""
     checks = []
     from fastccreid.kernels._backend import triton_available
 
     if triton_available():
-        def compiled() -> tuple[bool, str]:
-            rows = triton_vs_torch(str(device))
-            bad = [r for r in rows if not r["ok"]]
-            return not bad, "; ".join(r["detail"] for r in (bad or rows))
+        for group in TRITON_GROUPS:
+            def compiled(group=group) -> tuple[bool, str]:
+                rows = triton_vs_torch(str(device), groups=(group,))
+                bad = [r for r in rows if not r["ok"]]
+                return not bad, "; ".join(r["detail"] for r in (bad or rows))
 
-        checks.append(Check(f"compiled triton kernels vs torch ({device})", compiled))
-    from fastccreid.data.dali import dali_status
-
-    usable, why = dali_status(device)
-    if usable:
-        checks.append(Check("dali mixed decode vs CPU decode", lambda: _dali_decode(device)))
+            checks.append(Check(f"compiled triton {group} vs torch ({device})", compiled))
     else:
-        checks.append(Check(f"dali mixed decode (skipped: {why})", lambda: (True, why)))
+        checks.append(skipped_check(f"compiled triton kernels vs torch ({device})", "triton is not installed"))
+    checks.append(_dali_check(device))
     checks.append(Check("bf16 train step", lambda: _train_steps(device, "bf16")))
     checks.append(Check("fp16 + GradScaler train step", lambda: _train_steps(device, "fp16")))
-    checks.append(Check("compiled step does not recompile", lambda: _no_recompile(device)))
-    checks.append(Check("steady-state step under set_sync_debug_mode('error')", lambda: _no_sync(device)))
+    checks.append(Check("compiled CSSC train / eval cycle does not recompile (padded last eval batch)",
+                        lambda: no_recompile_check(device), timeout_s=240.0))
+    checks.append(Check("steady-state CSSC fused-Adam cssc_loss step under set_sync_debug_mode('error')",
+                        lambda: no_sync_check(device)))
     return checks
 
 
 def default_checks() -> list[Check]:
     """Every check this machine can run: the CPU twins, then the compiled Triton kernels and the other CUDA
-    checks on a GPU, else the Triton kernels under the interpreter."""
+    checks on a GPU, else DALI's CPU decode and the Triton kernels under the interpreter."""
     from fastccreid.kernels._backend import triton_available
 
     checks = cpu_checks()
     if torch.cuda.is_available():  # the compiled kernels are checked there; the interpreter would add a minute
-        checks += cuda_checks(torch.device("cuda", torch.cuda.current_device()))
-    elif triton_available():
-        checks.append(interpreter_check())
+        checks += cuda_checks(torch.device("cuda", 0))
+    else:
+        checks.append(_dali_check(torch.device("cpu")))
+        if triton_available():
+            checks.append(interpreter_check())
+        else:
+            checks.append(skipped_check("triton kernels under TRITON_INTERPRET=1 vs torch (CPU)",
+                                        "triton is not installed"))
     return checks
 
 
-def run_checks(checks: Sequence[Check]) -> list[CheckResult]:
-    """Run each check; an exception is a failed check with its message (the others still run)."""
+def run_check(check: Check) -> CheckResult:
+    """Run one check in this process: an exception is a failed check with its message; ``SkipCheck`` a skip."""
+    t = time.perf_counter()
+    try:
+        ok, detail = check.fn()
+        ok = bool(ok)
+    except SkipCheck as e:
+        ok, detail = None, str(e)
+    except Exception as e:  # noqa: BLE001 - the doctor reports every failure and goes on
+        ok, detail = False, f"{type(e).__name__}: {e}"
+    return CheckResult.make(check.name, ok, detail, time.perf_counter() - t)
+
+
+# One default check, by name, in a fresh process: prints its result as one JSON line.
+_ONE_CHECK_SCRIPT = r"""
+import dataclasses, json, sys
+from fastccreid.doctor import default_checks, run_check
+found = [c for c in default_checks() if c.name == sys.argv[1]]
+if not found:
+    raise SystemExit(f"no default check named {sys.argv[1]!r}")
+print("DOCTOR-RESULT " + json.dumps(dataclasses.asdict(run_check(found[0]))), flush=True)
+"""
+
+
+def run_isolated(check: Check) -> CheckResult:
+    """Run the default check named ``check.name`` in its own process, bounded by ``check.timeout_s``: a CUDA fault,
+    a crash or a hang fails that check alone (its output's tail is the detail)."""
+    t = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        p = subprocess.run([sys.executable, "-c", _ONE_CHECK_SCRIPT, check.name], env=env, capture_output=True,
+                           text=True, timeout=check.timeout_s)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")[-400:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        return CheckResult.make(check.name, False, f"timed out after {check.timeout_s:.0f} s (own process) {tail}",
+                                time.perf_counter() - t)
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("DOCTOR-RESULT "):
+            return CheckResult(**json.loads(line[len("DOCTOR-RESULT "):]))
+    return CheckResult.make(check.name, False, f"its process exited {p.returncode} without a result: "
+                                               f"{(p.stderr or p.stdout)[-800:]}", time.perf_counter() - t)
+
+
+def run_checks(checks: Sequence[Check], isolate: bool = False,
+               on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Run each check (in its own process when ``isolate``: default checks only, found again there by name);
+    ``on_result`` sees each result as soon as it is known. A failing check never stops the others."""
     out = []
     for c in checks:
-        t = time.perf_counter()
-        try:
-            ok, detail = c.fn()
-        except Exception as e:  # noqa: BLE001 - the doctor reports every failure and goes on
-            ok, detail = False, f"{type(e).__name__}: {e}"
-        out.append(CheckResult(c.name, bool(ok), detail, round(time.perf_counter() - t, 3)))
+        r = run_isolated(c) if isolate and not c.name.endswith("(skipped)") else run_check(c)
+        out.append(r)
+        if on_result is not None:
+            on_result(r)
     return out
 
 
@@ -492,12 +633,34 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_doctor(json_path: str | None = None, checks: Sequence[Check] | None = None, out=print) -> int:
-    """Print the report (and write it as JSON to ``json_path``); 0 when every check passed, else 1."""
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (``timeout`` ran out): the report is closed with what is done."""
+
+
+def summary_line(results: Sequence[CheckResult]) -> str:
+    """The closing line: "all checks passed" only when every check ran and passed; skips are counted and named."""
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    if counts["fail"] or not results:
+        return f"FAILED: {counts['fail']} of {len(results)} checks failed ({counts['skipped']} skipped)"
+    if counts["skipped"]:
+        names = "; ".join(r.name for r in results if r.status == "skipped")
+        return f"no check failed: {counts['ok']} passed, {counts['skipped']} skipped (not run: {names})"
+    return f"all checks passed ({counts['ok']})"
+
+
+def run_doctor(json_path: str | None = None, checks: Sequence[Check] | None = None, out=_print_flush,
+               isolate: bool | None = None) -> int:
+    """Print the report line by line (and keep ``json_path`` up to date after every check); 0 when no check
+    failed (skipped checks are named, not counted as passed), else 1. ``isolate``: each check in its own process
+    (default: on CUDA, for the default checks). SIGTERM closes the report with the checks done so far (exit 1)."""
     env = environment()
     backends = backend_choices()
     out("== fastccreid doctor")
-    for key in ("python", "torch", "torch_cuda", "cudnn", "triton", "triton_ptxas_cuda", "dali", "gpu"):
+    for key in ("python", "torch", "torch_cuda", "cudnn", "triton", "triton_ptxas_cuda", "dali", "dali_error", "gpu"):
         if key in env:
             out(f"  {key:18s} {env[key]}")
     out(f"  CUDA majors        {env['cuda_majors']} -> {'match' if env['cuda_majors_match'] else 'MISMATCH'}")
@@ -505,19 +668,52 @@ def run_doctor(json_path: str | None = None, checks: Sequence[Check] | None = No
     out("== backend='auto'")
     for r in backends:
         out(f"  {r['op']:24s} {r['device']:4s} {r['dtype']:8s} -> {r['backend']:6s} {r['why']}")
-    out("== fast paths vs twins")
-    results = run_checks(default_checks() if checks is None else checks)
-    for r in results:
-        out(f"  [{'ok' if r.ok else 'FAIL'}] {r.name} ({r.seconds:.1f}s): {r.detail}")
-    ok = all(r.ok for r in results) and bool(results)
-    out(f"== {'all checks passed' if ok else 'FAILED'}")
+    if isolate is None:
+        isolate = checks is None and bool(env["cuda_available"])
+    todo = default_checks() if checks is None else list(checks)
+    out(f"== fast paths vs twins ({len(todo)} checks{', each in its own process' if isolate else ''})")
+    results: list[CheckResult] = []
+    interrupted: str | None = None
+
+    def report(complete: bool) -> dict:
+        counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+        return {"schema": SCHEMA, "ok": complete and bool(results) and not counts["fail"], "complete": complete,
+                "interrupted": interrupted, "counts": counts, "environment": env, "backends": backends,
+                "checks": [dataclasses.asdict(r) for r in results],
+                "not_run": [c.name for c in todo[len(results):]]}
+
+    def on_result(r: CheckResult) -> None:
+        results.append(r)
+        tag = {"ok": "ok", "fail": "FAIL", "skipped": "skipped"}[r.status]
+        out(f"  [{tag}] {r.name} ({r.seconds:.1f}s): {r.detail}")
+        if json_path:
+            _atomic_write(json_path, json.dumps(report(False), indent=2, default=str))
+
+    def on_term(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        raise _Terminated()
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: no handler, the partial JSON still stands
+        pass
+    try:
+        run_checks(todo, isolate=isolate, on_result=on_result)
+    except (_Terminated, KeyboardInterrupt) as e:
+        interrupted = (f"{'SIGTERM' if isinstance(e, _Terminated) else 'SIGINT'} during "
+                       f"{todo[len(results)].name!r}" if len(results) < len(todo) else "after the last check")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    rep = report(interrupted is None)
+    line = summary_line(results)
+    if interrupted:
+        line = f"INTERRUPTED ({interrupted}): {line}; not run: {len(rep['not_run'])}"
+    out(f"== {line}")
     if json_path:
-        report = {"schema": SCHEMA, "ok": ok, "environment": env, "backends": backends,
-                  "checks": [dataclasses.asdict(r) for r in results]}
-        _atomic_write(json_path, json.dumps(report, indent=2, default=str))
-    return 0 if ok else 1
+        _atomic_write(json_path, json.dumps(rep, indent=2, default=str))
+    return 0 if rep["ok"] else 1
 
 
 def run_cli(args) -> int:
     return run_doctor(json_path=args.json_out or None)
-

@@ -71,7 +71,9 @@ def test_bench_cli_runs_a_quick_suite_and_writes_the_documented_json(tmp_path):
     assert f"wrote {out}" in proc.stdout
     assert not list(out.parent.glob("*.tmp"))  # the atomic write left no temporary file
     payload = json.loads(out.read_text())
-    assert set(payload) == {"hardware", "results"}
+    assert set(payload) == {"hardware", "results", "suites", "complete"}
+    assert payload["complete"] is True
+    assert [(s["suite"], s["status"], s["rows"]) for s in payload["suites"]] == [("kernels", "ok", 10)]
     hw = payload["hardware"]
     assert HARDWARE_FIELDS <= set(hw), HARDWARE_FIELDS - set(hw)
     assert isinstance(hw["cores"], int) and hw["cores"] >= 1 and hw["torch"] == torch.__version__

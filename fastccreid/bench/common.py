@@ -36,6 +36,16 @@ class BenchRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+SKIPS: list[dict[str, str]] = []  # what a suite could not measure here and why (run_bench reads and clears it)
+
+
+def note_skip(suite: str, what: str, reason: str) -> None:
+    """Record that ``suite`` measured no ``what`` on this machine because of ``reason`` (printed now; the runner
+    puts it in the suite's record, so an absent path is reported as skipped, never silently missing)."""
+    SKIPS.append({"suite": suite, "what": what, "reason": reason})
+    print(f"bench {suite}: skipped {what}: {reason}", flush=True)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, note_skip, peak_rss_bytes
 
 OUT_H, OUT_W = 384, 192
 WORKERS = 2
@@ -136,5 +136,5 @@ def run(quick: bool) -> list[BenchRow]:
                                  peak_rss_bytes(), repeats, n_images, {**common, "runtime": onnx_note,
                                                                        "precision": "fp32"}))
         else:
-            print(f"extract bench: no onnxruntime row ({onnx_note})", flush=True)
+            note_skip("extract", "the onnxruntime row", onnx_note)
     return rows

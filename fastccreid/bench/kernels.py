@@ -5,7 +5,9 @@ Cases (one "fast" and one "reference" row each):
   (P x K = B/4 x 4); reference = ``euclidean_dist`` + ``hard_example_mining`` + MarginRankingLoss, as the seed.
 - ``pdist B=<B>``: the [B, B] training distance; reference = the seed's addmm ``euclidean_dist``.
 - ``pdist eval 493x7050``: LTCC-sized query x gallery euclidean distances.
-Each row carries the median wall time, process peak RSS, and in ``extra`` the peak RSS growth during one call
+On CUDA also pdist at 1024, 4096 and 8192 rows and the triplet forward at B = 1024 and 4096, each with its
+FLOP rate as a fraction of cuBLAS's ``x @ y.T`` on the same shapes, several calls per timed unit between two host
+syncs. Each row carries the median wall time, process peak RSS, and in ``extra`` the peak RSS growth during one call
 (``peak_rss_delta_bytes``, measured by resetting the kernel's high-water mark) plus, on CUDA, the peak of allocated
 device memory. Quick mode (< 60 s on 2 cores): B = 32 and 256, and the LTCC-sized distance.
 """
@@ -25,6 +27,8 @@ D = 2048
 TRIPLET_SIZES = (32, 64, 256, 512)
 QUICK_TRIPLET_SIZES = (32, 256)
 EVAL_SIZE = (493, 7050)
+CUDA_PDIST_SIZES = (1024, 4096, 8192)  # CUDA only: [M, M] distances, D = 2048
+CUDA_TRIPLET_SIZES = (1024, 4096)
 
 
 def _status_bytes(key: str) -> int | None:
@@ -96,21 +100,69 @@ def triplet_case(b: int, device: torch.device, repeats: int, seed: int = 0) -> l
     return _rows(f"triplet fwd+bwd B={b} D={D}", {"fast": fast, "reference": reference}, b, repeats, device)
 
 
+def _inner_calls(flops: float, device: torch.device) -> int:
+    """Calls per timed unit on CUDA: enough that one unit does >= ~0.25 TFLOP (~5 ms at 50 TFLOP/s), so the two
+    host syncs around it and the launch overhead are a small part of what is timed; 1 on CPU."""
+    if device.type != "cuda":
+        return 1
+    return int(min(200, max(1, round(2.5e11 / flops))))
+
+
+def _repeat(fn: Callable[[], object], n: int) -> Callable[[], object]:
+    if n == 1:
+        return fn
+
+    def run() -> None:
+        for _ in range(n):
+            fn()
+    return run
+
+
 def pdist_case(m: int, n: int, device: torch.device, repeats: int, seed: int = 0) -> list[BenchRow]:
-    """Euclidean distance [M, N] (forward only), ours vs the seed's addmm ``euclidean_dist``."""
+    """Euclidean distance [M, N] (forward only), ours vs the seed's addmm ``euclidean_dist``. On CUDA each timed
+    unit runs ``inner`` calls between its two host syncs, and the rows carry the cuBLAS ``x @ y.T`` time on the
+    same shapes and ``fraction_of_cublas_flop_rate`` (cuBLAS time / this path's time, the GEMM FLOPs 2 M N D alike)
+    for shapes of >= 1024 rows or columns (smaller ones mostly time launches)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, D, generator=gen).to(device)
     y = x if m == n else torch.randn(n, D, generator=gen).to(device)
     flops = 2.0 * m * n * D
-    extra = {"flops": flops}
+    inner = _inner_calls(flops, device)
+    extra: dict = {"flops": flops, "calls_per_timed_unit": inner}
+    fns = {"fast": _repeat(lambda: pairwise_distance(x, y, "euclidean"), inner),
+           "reference": _repeat(lambda: euclidean_dist(x, y), inner)}
     if device.type == "cuda":
-        extra["cublas_s"] = interleaved_medians({"mm": lambda: x @ y.t()}, repeats, device)["mm"]
-    rows = _rows(f"pdist euclidean {m}x{n} D={D}",
-                 {"fast": lambda: pairwise_distance(x, y, "euclidean"), "reference": lambda: euclidean_dist(x, y)},
-                 m * n, repeats, device, extra)
-    if device.type == "cuda":
-        for r in rows:
+        mm = interleaved_medians({"mm": _repeat(lambda: x @ y.t(), inner)}, repeats, device)["mm"]
+        extra["cublas_s"] = mm / inner
+    rows = _rows(f"pdist euclidean {m}x{n} D={D}", fns, m * n * inner, repeats, device, extra)
+    for r in rows:  # per call, not per timed unit
+        r.median_s /= inner
+        r.items //= inner
+        if device.type == "cuda" and max(m, n) >= 1024:
             r.extra["fraction_of_cublas_flop_rate"] = extra["cublas_s"] / r.median_s
+    return rows
+
+
+def triplet_forward_case(b: int, device: torch.device, repeats: int, seed: int = 0) -> list[BenchRow]:
+    """CUDA only: the fused batch-hard triplet forward (Triton: distance tiles + mining) at B >= 1024 against the
+    cuBLAS Gram ``x @ x.T`` it must at least compute (``fraction_of_cublas_flop_rate``), host syncs outside each
+    timed unit of ``inner`` calls; reference = the seed's TripletLoss forward."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, D, generator=gen).to(device)
+    labels = torch.arange(b // 4, device=device).repeat_interleave(4)
+    flops = 2.0 * b * b * D
+    inner = _inner_calls(flops, device)
+    ref = TripletLoss(0.3)
+    cublas = interleaved_medians({"mm": _repeat(lambda: x @ x.t(), inner)}, repeats, device)["mm"] / inner
+    extra = {"flops": flops, "calls_per_timed_unit": inner, "cublas_s": cublas}
+    rows = _rows(f"triplet fwd B={b} D={D}", {"fast": _repeat(lambda: batch_hard_triplet_loss(x, labels, 0.3), inner),
+                                             "reference": _repeat(lambda: ref(x, labels), inner)},
+                 b * inner, repeats, device, extra)
+    for r in rows:
+        r.median_s /= inner
+        r.items //= inner
+        r.items_per_s = r.items / r.median_s
+        r.extra["fraction_of_cublas_flop_rate"] = cublas / r.median_s
     return rows
 
 
@@ -124,4 +176,9 @@ def run(quick: bool) -> list[BenchRow]:
     for b in sizes:
         rows += pdist_case(b, b, device, repeats)
     rows += pdist_case(*EVAL_SIZE, device, max(3, repeats // 5))
+    if device.type == "cuda":  # the FLOP-rate figures: shapes where the GEMM, not the launch, is timed
+        for m in CUDA_PDIST_SIZES:
+            rows += pdist_case(m, m, device, max(3, repeats // 3))
+        for b in CUDA_TRIPLET_SIZES:
+            rows += triplet_forward_case(b, device, max(3, repeats // 3))
     return rows

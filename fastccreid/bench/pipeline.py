@@ -24,7 +24,7 @@ import tempfile
 
 import torch
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes, time_median
+from fastccreid.bench.common import BenchRow, interleaved_medians, note_skip, peak_rss_bytes, time_median
 
 WORKERS = 2
 OUT_H, OUT_W = 384, 192
@@ -60,6 +60,7 @@ def _normalize_ms(loader, finish, reps: int = 7) -> float:
 
 def run(quick: bool) -> list[BenchRow]:
     from fastccreid.data import build_dataset
+    from fastccreid.data.dali import dali_status
     from fastccreid.data.loaders import build_train_loader, to_model_input
     from fastccreid.data.synth import make_synthetic
     from fastccreid.reference.dataloader import build_reference_loaders
@@ -68,6 +69,9 @@ def run(quick: bool) -> list[BenchRow]:
     ids = 16 if quick else 40  # half are training identities; 2 outfits x 4 cameras x 4 images each
     repeats = 3 if quick else 5
     rows: list[BenchRow] = []
+    dali_ok, dali_why = dali_status(device)
+    if not dali_ok:  # the torch fallback and the seed's loader are still measured
+        note_skip("pipeline", "the DALI rows (fast, fast-uint8)", dali_why)
     with tempfile.TemporaryDirectory(prefix="fastccreid-bench-pipeline-") as tmp:
         for case, layout in CASES.items():
             root = make_synthetic(layout, os.path.join(tmp, layout), ids=ids, seed=0, clothes=2, cams=4,
@@ -75,28 +79,34 @@ def run(quick: bool) -> list[BenchRow]:
             ds = build_dataset(layout, root)
             common = dict(height=OUT_H, width=OUT_W, batch_size=32, num_instances=4, seed=0, device=device,
                           num_workers=WORKERS)
-            fast = build_train_loader(ds.train, loader="dali", **common)
-            fast_u8 = build_train_loader(ds.train, loader="dali", output="uint8", **common)
             fallback = build_train_loader(ds.train, loader="torch", **common)
             ref = build_reference_loaders(ds, height=OUT_H, width=OUT_W, train_batch=32, num_instances=4,
                                           num_workers=WORKERS, use_gpu=device.type == "cuda").train
-            n_fast, n_ref = len(fast) * 32, len(ref) * 32
-            med = interleaved_medians({
-                "fast": _epoch_fn(fast, to_model_input),
-                "reference": _epoch_fn(ref, lambda b: b[0].to(device)),
-                "torch": _epoch_fn(fallback, to_model_input),
-                "uint8": _epoch_fn(fast_u8, lambda b: b.images),
-                "uint8+normalize": _epoch_fn(fast_u8, to_model_input),
-            }, repeats, device)
-            norm_ms = _normalize_ms(fast_u8, to_model_input)
+            n_fast, n_ref = len(fallback) * 32, len(ref) * 32
+            fns = {"reference": _epoch_fn(ref, lambda b: b[0].to(device)),
+                   "torch": _epoch_fn(fallback, to_model_input)}
+            if dali_ok:
+                fast = build_train_loader(ds.train, loader="dali", **common)
+                fast_u8 = build_train_loader(ds.train, loader="dali", output="uint8", **common)
+                n_fast = len(fast) * 32
+                fns.update({"fast": _epoch_fn(fast, to_model_input), "uint8": _epoch_fn(fast_u8, lambda b: b.images),
+                            "uint8+normalize": _epoch_fn(fast_u8, to_model_input)})
+            med = interleaved_medians(fns, repeats, device)
             extra = {"workers": WORKERS, "device": str(device), "train_images": len(ds.train),
                      "torch_fallback_img_per_s": n_fast / med["torch"]}
-            rows.append(BenchRow("pipeline", case, "fast", med["fast"], n_fast / med["fast"], peak_rss_bytes(),
-                                 repeats, n_fast, extra))
-            rows.append(BenchRow("pipeline", case, "fast-uint8", med["uint8"], n_fast / med["uint8"], peak_rss_bytes(),
-                                 repeats, n_fast, {"workers": WORKERS, "device": str(device), "output": "uint8",
-                                                   "to_model_input_ms_per_batch": norm_ms,
-                                                   "with_to_model_input_img_per_s": n_fast / med["uint8+normalize"]}))
+            if dali_ok:
+                norm_ms = _normalize_ms(fast_u8, to_model_input)
+                rows.append(BenchRow("pipeline", case, "fast", med["fast"], n_fast / med["fast"], peak_rss_bytes(),
+                                     repeats, n_fast, extra))
+                rows.append(BenchRow("pipeline", case, "fast-uint8", med["uint8"], n_fast / med["uint8"],
+                                     peak_rss_bytes(), repeats, n_fast,
+                                     {"workers": WORKERS, "device": str(device), "output": "uint8",
+                                      "to_model_input_ms_per_batch": norm_ms,
+                                      "with_to_model_input_img_per_s": n_fast / med["uint8+normalize"]}))
+            else:
+                rows.append(BenchRow("pipeline", case, "fast-torch", med["torch"], n_fast / med["torch"],
+                                     peak_rss_bytes(), repeats, n_fast, {**extra, "loader": "torch",
+                                                                         "dali": dali_why}))
             rows.append(BenchRow("pipeline", case, "reference", med["reference"], n_ref / med["reference"],
                                  peak_rss_bytes(), repeats, n_ref, {"workers": WORKERS, "device": str(device)}))
     return rows

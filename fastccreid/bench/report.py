@@ -28,6 +28,60 @@ def _series(rows: list[BenchRow], suite: str, xkey: str, ykey: str) -> dict[str,
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _figure(r: dict[str, Any]) -> str | None:
+    """The one figure a GPU check waits for in a row, as text; None when the row carries none of them."""
+    e = r.get("extra", {})
+    if "fraction_of_cublas_flop_rate" in e:
+        return f"{e['fraction_of_cublas_flop_rate']:.2f} of cuBLAS's FLOP rate on the same shapes"
+    if "multiple_of_gram_matmul" in e:
+        vs = e.get("vs_fp64", {})
+        mism = (f"; vs fp64: first_rank differs on {vs.get('first_rank_mismatches')} of {e.get('Q')} queries, "
+                f"AP by > 1e-6 on {vs.get('ap_mismatches_1e-6')}, max |AP diff| {vs.get('max_ap_abs_diff', 0):.2g}"
+                if vs else "")
+        return f"{e['multiple_of_gram_matmul']:.2f}x the cuBLAS q @ g.T{mism}"
+    if r.get("suite") == "train" and "peak_mem_per_image_MiB" in e:
+        return (f"{e.get('amp')} {'compiled' if e.get('compile') else 'eager'}"
+                f"{' channels_last' if e.get('channels_last') else ''}, peak {e['peak_mem_per_image_MiB']} MiB/img")
+    if r.get("suite") == "extract":
+        return f"inference ({e.get('precision')}, {e.get('loader') or e.get('runtime')})"
+    return None
+
+
+def summary_table(payload: dict[str, Any]) -> str:
+    """One markdown table of the figures the ``auto`` rule and the README wait for (cuBLAS fractions, rank_stats
+    multiples and their mismatches vs fp64, train and inference img/s with peak memory), then each suite's status
+    and what it skipped."""
+    lines = ["| suite | case | path | median (s) | items/s | figure |", "|---|---|---|---:|---:|---|"]
+    for r in payload.get("results", []):
+        fig = _figure(r)
+        if fig is not None:
+            lines.append(f"| {r['suite']} | {r['case']} | {r['path']} | {r['median_s']:.4g} | "
+                         f"{r['items_per_s']:,.1f} | {fig} |")
+    if len(lines) == 2:
+        lines.append("| - | no row carries a summary figure | | | | |")
+    lines += ["", "| suite | status | seconds | rows | skipped / error |", "|---|---|---:|---:|---|"]
+    for s in payload.get("suites", []):
+        note = "; ".join(f"skipped {k['what']}: {k['reason']}" for k in s.get("skipped", []))
+        if s.get("detail"):
+            note = (note + "; " if note else "") + s["detail"].strip().splitlines()[-1][:300]
+        lines.append(f"| {s['suite']} | {s['status']} | {s['seconds']:.0f} | {s['rows']} | "
+                     f"{note.replace('|', '/')} |")
+    if not payload.get("complete", True):
+        lines.append("\n(incomplete: the run stopped before its last suite)")
+    return "\n".join(lines)
+
+
+def write_markdown(payload: dict[str, Any], rows: list[BenchRow], path: str) -> str:
+    """The hardware line, every row's table and the summary table, in one markdown file (written atomically)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"Hardware: {_hardware_line(payload['hardware'])}\n\n{format_table(rows)}\n\n"
+                f"## Summary\n\n{summary_table(payload)}\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_report(payload: dict[str, Any], rows: list[BenchRow], out_dir: str) -> list[str]:
     """Write results.json, results.md and (when matplotlib is installed) the PNG plots; return written paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -36,10 +90,7 @@ def write_report(payload: dict[str, Any], rows: list[BenchRow], out_dir: str) ->
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     written.append(path)
-    path = os.path.join(out_dir, "results.md")
-    with open(path, "w") as f:
-        f.write(f"Hardware: {_hardware_line(payload['hardware'])}\n\n{format_table(rows)}\n")
-    written.append(path)
+    written.append(write_markdown(payload, rows, os.path.join(out_dir, "results.md")))
     try:
         import matplotlib
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,26 @@ from fastccreid.data.transforms import (
 _PREFETCH = 2  # batches DALI prepares ahead of the consumer
 
 
+def dali_cuda_major(value: Any) -> int:
+    """CUDA major of NVIDIA DALI's ``__cuda_version__``, read as DALI reads it; 0 when unknown.
+
+    DALI writes ``int('12.1.105'.replace('.', ''))`` = 121105 (``nvidia/dali/__init__.py``) and reads the major
+    back as ``int(str(__cuda_version__)[:2])`` (``nvidia/dali/backend.py``); CUDA >= 10 has two digits. A dotted
+    string ('12.1.105', '12.0') gives the part before the first dot.
+    """
+    if value is None or isinstance(value, bool):
+        return 0
+    text = str(value).strip()
+    if not text:
+        return 0
+    if "." in text:
+        head = text.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+    if not text.isdigit() or int(text) == 0:
+        return 0
+    return int(text[:2])
+
+
 def dali_status(device: torch.device) -> tuple[bool, str]:
     """(usable, reason): DALI imports, and on CUDA its CUDA major version matches torch's."""
     try:
@@ -57,8 +78,6 @@ def dali_status(device: torch.device) -> tuple[bool, str]:
     version = nvidia.dali.__version__
     if device.type != "cuda":
         return True, f"DALI {version} in CPU mode"
-    from fastccreid.doctor import dali_cuda_major  # DALI's own encoding: 12.1.105 -> 121105 -> major 12
-
     dali_cuda = dali_cuda_major(getattr(backend, "__cuda_version__", 0))
     torch_cuda = torch.version.cuda
     if torch_cuda is None:
