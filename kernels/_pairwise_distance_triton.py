@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from fastccreid.kernels._backend import triton_interpret
 from fastccreid.kernels._triton_gram import (
@@ -23,6 +23,7 @@ from fastccreid.kernels._triton_gram import (
     dot_fp32,
     gram_tile,
     path_pruner,
+    traceable,
 )
 from fastccreid.kernels.pairwise_distance import METRIC_CODES, distance_backward, distance_torch
 
@@ -117,7 +118,7 @@ def pairwise_distance_launch(x: torch.Tensor, y: torch.Tensor, metric: int) -> t
     def grid(meta):
         return pairwise_grid(m, n, meta["BLOCK_M"], meta["BLOCK_N"])
 
-    wrap_triton(_pairwise_kernel)[grid](
+    traceable(_pairwise_kernel)[grid](
         x, y, out, m, n, k,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
         METRIC=metric, IEEE=x.dtype == torch.float32, DOT_FP32=dot_fp32(x.dtype), SQ_FLOOR=1e-12, NORM_EPS=1e-12,

@@ -21,7 +21,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from fastccreid.kernels._backend import triton_interpret
 from fastccreid.kernels._triton_gram import (
@@ -30,6 +30,7 @@ from fastccreid.kernels._triton_gram import (
     check_grid,
     decompose_on_cuda_only,
     sqeuclid_tile,
+    traceable,
 )
 from fastccreid.kernels.checks import JUNK_CODES
 from fastccreid.kernels.rank_stats import Matches, chunk_stats, finish_stats, match_layout, stats_from_hist
@@ -162,7 +163,7 @@ def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, place_rows: int =
     gg = sq_norms(g.float()).contiguous()
     rp = match_idx.shape[1]
     same_d = torch.full((nq, rp), math.inf, dtype=torch.float32, device=q.device)
-    wrap_triton(_same_pid_kernel)[same_pid_grid(nq, BLOCK_Q)](
+    traceable(_same_pid_kernel)[same_pid_grid(nq, BLOCK_Q)](
         q, g, qq, gg, qp, gp, slot, same_d, nq, ng, d, rp, q.stride(0), g.stride(0), BQ=BLOCK_Q, BG=BLOCK_G,
         BK=BLOCK_K, num_warps=SAME_PID_CONFIG.num_warps, num_stages=SAME_PID_CONFIG.num_stages)
     md = same_d.masked_fill(~is_match, math.inf)
@@ -175,7 +176,7 @@ def rank_stats_launch(q, g, qp, gp, slot, match_idx, is_match, place_rows: int =
         n = e - s
         # each launch gets its own rows of q and of every per-query array (the histogram rows are what autotuning
         # zeroes between its trial runs, so a later launch cannot wipe an earlier one's counts)
-        wrap_triton(_place_kernel)[lambda meta, n=n: place_grid(n, ng, meta["BQ"], meta["BG"])](
+        traceable(_place_kernel)[lambda meta, n=n: place_grid(n, ng, meta["BQ"], meta["BG"])](
             q[s:e], g, qq[s:e], gg, qp[s:e], gp, ms[s:e], msidx[s:e], nmatch[s:e], hist[s:e], n, ng, d, rp,
             q.stride(0), g.stride(0))
     return stats_from_hist(hist[:, :rp].to(torch.int64), nmatch)

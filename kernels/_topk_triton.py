@@ -18,9 +18,15 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from fastccreid.kernels._triton_gram import aligned_rows, check_grid, decompose_on_cuda_only, sqeuclid_tile
+from fastccreid.kernels._triton_gram import (
+    aligned_rows,
+    check_grid,
+    decompose_on_cuda_only,
+    sqeuclid_tile,
+    traceable,
+)
 from fastccreid.kernels.checks import JUNK_CODES, JUNK_NAMES
 from fastccreid.kernels.seed_distance import sq_norms
 
@@ -152,7 +158,7 @@ def topk_triton(q, g, k: int, labels, junk) -> tuple[torch.Tensor, torch.Tensor]
         keys = torch.empty(n, nt, kp, dtype=torch.int64, device=q.device)
         lab = (qp[s:e], gp, qc[s:e], gc, qcl[s:e] if junk == "ltcc-cc" else dummy, gcl) if labels is not None \
             else (dummy,) * 6
-        wrap_triton(_tile_topk_kernel)[topk_grid(n, ng, launch)](
+        traceable(_tile_topk_kernel)[topk_grid(n, ng, launch)](
             q[s:e], g, qq[s:e], gg, *lab, keys, n, ng, d, nt, q.stride(0), g.stride(0), JUNK=junk_code,
             **launch.constexprs(), num_warps=launch.num_warps, num_stages=launch.num_stages)
         # k > KP (k beyond MAX_TILE_G): every tile kept all its keys, so the chunk's row holds the whole gallery

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from fastccreid.kernels._backend import triton_interpret
 from fastccreid.kernels._triton_gram import (
@@ -25,9 +25,11 @@ from fastccreid.kernels._triton_gram import (
     dot_fp32,
     gram_tile,
     path_pruner,
+    traceable,
 )
 from fastccreid.kernels.pairwise_distance import SQ_FLOOR
 from fastccreid.kernels.triplet import mine_torch, mining_backward
+from fastccreid.versions import release
 
 # fp32 inputs multiply with IEEE FMAs whose operand tiles live in registers (next to the running max / min state):
 # narrow K steps; fp16 / bf16 use tensor-core MMAs. Every config compiles without spills for sm_80 / sm_90.
@@ -36,11 +38,29 @@ IEEE_CONFIGS = [
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
 ]
-MMA_CONFIGS = [
+# The tensor-core configs differ by Triton release, because ptxas spills differently (ptxas -v, 4 warps, 3 stages;
+# tests/test_triton_compile.py checks the list of the installed release): with triton 3.6 the 16x64x64 and 16x32x128
+# tiles spill 8 / 4 B a thread on sm_80 (168 / 128 registers), while 16x64x32 and 16x32x64 do not; with triton 3.8
+# 16x32x64 spills 8 B on sm_90 in bf16, while 16x64x64 and 16x32x128 do not. 3.7 has not been measured and takes
+# the 3.6 list.
+MMA_CONFIGS_TRITON_3_8 = [
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
 ]
+MMA_CONFIGS_TRITON_3_6 = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+]
+
+
+def mma_configs(triton_release: tuple[int, int]) -> list[triton.Config]:
+    """The fp16 / bf16 configs shipped for a Triton (major, minor) release."""
+    return MMA_CONFIGS_TRITON_3_8 if triton_release >= (3, 8) else MMA_CONFIGS_TRITON_3_6
+
+
+MMA_CONFIGS = mma_configs(release(triton.__version__))
 
 
 def gpu_configs(ieee: bool) -> list[triton.Config]:
@@ -132,7 +152,7 @@ def batch_hard_mining_launch(x: torch.Tensor, labels: torch.Tensor):
     def grid(meta):
         return batch_hard_grid(b, meta["BLOCK_M"])
 
-    wrap_triton(_batch_hard_kernel)[grid](
+    traceable(_batch_hard_kernel)[grid](
         x, labels, d_ap, d_an, pos, neg, n_same, b, k, x.stride(0), x.stride(1),
         IEEE=x.dtype == torch.float32, DOT_FP32=dot_fp32(x.dtype), SQ_FLOOR=SQ_FLOOR,
     )

@@ -14,6 +14,16 @@ from fastccreid.kernels._backend import triton_interpret
 # CUDA's grid limits: axis 0 up to 2^31 - 1 blocks, axes 1 and 2 up to 65,535.
 GRID_X_MAX, GRID_YZ_MAX = 2**31 - 1, 65_535
 
+# How the rank kernels' Gram tile is summed under the Triton interpreter. On a GPU an IEEE fp32 ``tl.dot`` lowers to
+# one FMA chain per output element in k order (no tensor cores), so a (query, gallery item) distance has the same
+# bits wherever it sits in whatever tile. The interpreter runs ``tl.dot`` as ``np.matmul``, i.e. the CPU's BLAS,
+# whose bits for one element depend on its row / column position in the tile (OpenBLAS's edge kernels on an AVX2
+# EPYC): the same-pid pass and the placement pass then disagree on a match's own distance and exact ties break
+# the wrong way. Under the interpreter the rank kernels therefore sum the tile as a broadcast product reduced over
+# k (elementwise, the same order for every element): position independent, as the GPU's FMA chain is. Read once at
+# import, as ``@triton.jit`` itself picks the interpreter at import; compiled kernels never see the branch.
+INTERPRETED_EXACT_GRAM = tl.constexpr(triton_interpret())
+
 
 def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
     """Return ``grid`` if every axis is within CUDA's limits, else raise ValueError naming the launch."""
@@ -42,6 +52,20 @@ def decompose_on_cuda_only(op, body) -> None:
             return body(*args, **kwargs)
 
     op.register_torch_dispatch(FunctionalTensorMode, rule)
+
+
+def traceable(kernel):
+    """``torch.library.wrap_triton(kernel)`` (so make_fx / torch.compile see the launch as a graph node), except
+    under the Triton interpreter, where the kernel is launched as it is: an interpreted kernel runs on CPU tensors,
+    which the registered ops keep opaque under tracing (``decompose_on_cuda_only``), and torch < 2.14's
+    ``wrap_triton`` refuses an interpreted ``@triton.jit`` kernel ("only works on functions annotated with
+    triton.jit") and wraps an interpreted autotuner into a launcher that fails ('function' object has no attribute
+    'fn'); torch 2.14 returns interpreted kernels unwrapped itself."""
+    if triton_interpret():
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
 
 
 def path_pruner(gpu_configs):
@@ -84,10 +108,12 @@ def gram_tile(
     x_ptr, y_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_xk, stride_ym, stride_yk,
     IEEE: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORMS: tl.constexpr = True,
+    POSITION_EXACT: tl.constexpr = False,
 ):
     """x[rm] · y[rn]ᵀ as a [BLOCK_M, BLOCK_N] fp32 tile, plus both rows' squared norms from the same loads (so the
     norms cost no extra pass over memory; ``NORMS=False`` leaves them 0 for callers that read stored norms).
-    ``rm``/``rn`` are int64 row offsets; masked rows and columns read 0."""
+    ``rm``/``rn`` are int64 row offsets; masked rows and columns read 0. ``POSITION_EXACT`` (interpreter only, see
+    ``INTERPRETED_EXACT_GRAM``): the tile as an elementwise product summed over k instead of ``tl.dot``."""
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     xsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -104,7 +130,9 @@ def gram_tile(
         if NORMS:
             xsq += tl.sum(af * af, axis=1)
             ysq += tl.sum(bf * bf, axis=0)
-        if IEEE:  # fp32 inputs: IEEE fp32 products (not TF32), so rankings match the fp32 reference
+        if POSITION_EXACT:  # interpreter: every element summed the same way, wherever it sits in the tile
+            acc += tl.sum(af[:, :, None] * bf[None, :, :], axis=1)
+        elif IEEE:  # fp32 inputs: IEEE fp32 products (not TF32), so rankings match the fp32 reference
             acc = tl.dot(a, b, acc, input_precision="ieee")
         elif DOT_FP32:
             acc = tl.dot(af, bf, acc, input_precision="ieee")
@@ -118,9 +146,11 @@ def sqeuclid_tile(q_ptr, g_ptr, qq_ptr, gg_ptr, offs_q, offs_g, mask_q, mask_g, 
                   BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
     """|q|^2 + |g|^2 - 2 q.g for a [BQ, BG] tile of unit-stride rows: the Gram tile of fp32-upcast loads with IEEE
     fp32 products (no TF32), and the squared norms qq [Q] / gg [G] read from memory (torch's, so the distances
-    carry the same norms as the torch path's)."""
+    carry the same norms as the torch path's). The bits of one element depend only on its two rows and the K steps,
+    not on the tile around it (compiled: the FMA chain; interpreted: ``INTERPRETED_EXACT_GRAM``), which both rank
+    passes rely on to compare a match's distance with a non-match's."""
     acc, _, _ = gram_tile(q_ptr, g_ptr, offs_q.to(tl.int64), offs_g.to(tl.int64), mask_q, mask_g, D, stride_q, 1,
-                          stride_g, 1, False, True, BQ, BG, BK, False)
+                          stride_g, 1, False, True, BQ, BG, BK, False, INTERPRETED_EXACT_GRAM)
     qq = tl.load(qq_ptr + offs_q, mask=mask_q, other=0.0)
     gg = tl.load(gg_ptr + offs_g, mask=mask_g, other=0.0)
     return qq[:, None] + gg[None, :] - 2.0 * acc

@@ -52,12 +52,14 @@ def gram(xf: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: bool = False) -> torch.Tensor:
+def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: bool = False,
+                   inplace: bool = True) -> torch.Tensor:
     """The vectorised CPU twin (no autograd): the seed's addmm form, one [M, N] buffer updated in place.
 
     For y is x (a batch against itself) the Gram is computed once per symmetric block and its diagonal gives the
     norms, so self-distances are exactly 0 (euclidean: the 1e-6 floor). ``check_finite`` raises ValueError on a
-    NaN / Inf input, detected from the row norms."""
+    NaN / Inf input, detected from the row norms. ``inplace=False``: the euclidean epilogue out of place (the same
+    values), for a result an autograd.Function saves while torch.compile traces it (``PairwiseDistanceFunction``)."""
     dt = _compute_dtype(x, y)
     xf = x.to(dt)
     yf = xf if y is x else y.to(dt)
@@ -84,7 +86,7 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
             check_norms(yy, "y")
         d = (xx[:, None] + yy[None, :]).addmm_(xf, yf.t(), beta=1, alpha=-2)
     if metric == "euclidean":
-        d = d.clamp_(min=SQ_FLOOR).sqrt_()
+        d = d.clamp_(min=SQ_FLOOR).sqrt_() if inplace else d.clamp(min=SQ_FLOOR).sqrt()
     return d
 
 
@@ -135,7 +137,10 @@ class PairwiseDistanceFunction(torch.autograd.Function):
 
             d = pairwise_distance_launch(x, y, METRIC_CODES[metric])
         else:
-            d = distance_torch(x, y, metric, check_finite=True)
+            # Traced by torch.compile, the saved d must not come out of an in-place chain: torch 2.11's AOT autograd
+            # then saves it at the wrong version and the compiled x.grad is all zeros (clamp_().sqrt_() here;
+            # torch 2.14 is right). Out of place costs nothing there (Inductor fuses the epilogue either way).
+            d = distance_torch(x, y, metric, check_finite=True, inplace=not torch.compiler.is_compiling())
         ctx.save_for_backward(x, y, d)
         ctx.metric = metric
         return d

@@ -335,41 +335,12 @@ def test_aligned_rows_pads_with_zeros_and_copies_only_when_needed():
     assert aligned_rows(x) is x
     y = torch.randn(5, 20)
     p = aligned_rows(y)
+    # zero columns: that they change no bit of a kernel's distances is tests/triton/test_triton_gram.py's test (a
+    # BLAS p @ p.T against y @ y.T may differ in the last bits, since BLAS picks its kernel by K)
     assert p.shape == (5, 32) and torch.equal(p[:, :20], y) and not p[:, 20:].any()
-    assert torch.equal(p @ p.T, y @ y.T)  # zero columns change no dot product
     v = torch.randn(6, 33)[1:, 1:]  # strided, offset view with D % 16 == 0
     pv = aligned_rows(v)
     assert pv.is_contiguous() and pv.storage_offset() == 0 and torch.equal(pv, v)
-
-
-_LARGE_K = """
-import numpy as np, torch
-from fastccreid.kernels import topk_ranking
-import fastccreid.kernels._topk_triton as T
-gen = torch.Generator().manual_seed(5)
-nq, ng = 5, 300
-for k in (129, 300, 310):  # past MAX_TILE_G: tiles keep every key, torch selects
-    assert T.tile_launch(k).BG == T.MAX_TILE_G
-    q, g = torch.randn(nq, 20, generator=gen), torch.randn(ng, 20, generator=gen)
-    g[200] = g[3]
-    lab = dict(q_pids=torch.randint(0, 4, (nq,), generator=gen), g_pids=torch.randint(0, 4, (ng,), generator=gen),
-               q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen))
-    a = topk_ranking(q, g, k, junk="market", backend="torch", **lab)
-    b = topk_ranking(q, g, k, junk="market", backend="triton", **lab)
-    np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
-    np.testing.assert_allclose(a[0].numpy(), b[0].numpy(), atol=1e-5)
-print("OK")
-"""
-
-
-def test_topk_past_the_tile_bound_under_the_interpreter():
-    """k > MAX_TILE_G takes the keep-every-key route; the Triton interpreter result equals the torch path."""
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", _LARGE_K], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
 
 
 if __name__ == "__main__":  # the README table: kernel, variant, config, target -> registers, spills, smem

@@ -68,3 +68,25 @@ def test_registered_op_matches_oracle_and_compiles_fullgraph(junk, k):
         np.testing.assert_allclose(out[0][:, :kk].cpu().numpy()[fin], ov[fin], atol=1e-4, rtol=1e-5)
     comp = torch.compile(lambda *a: op(*a)[1] * 2, fullgraph=True, backend="eager")
     assert torch.equal(comp(*args).cpu()[:, :kk], torch.from_numpy(oi) * 2)
+
+
+@pytest.mark.parametrize("k", [129, 300, 310])
+def test_topk_past_the_tile_bound(k):
+    """k > MAX_TILE_G (with k up to and past the gallery size) takes the keep-every-key route: every tile keeps all
+    its keys and torch.topk selects the k best; equal to the float64 stable-argsort oracle, exact tie included."""
+    import fastccreid.kernels._topk_triton as T
+
+    assert T.tile_launch(k).BG == T.MAX_TILE_G
+    gen = torch.Generator().manual_seed(k)
+    nq, ng = 5, 300
+    q, g = torch.randn(nq, 20, generator=gen), torch.randn(ng, 20, generator=gen)
+    g[200] = g[3]  # an exact tie across two gallery tiles
+    lab = torch_labels(gen, nq, ng, npid=4)
+    vals, idx = topk_ranking(q.to(DEVICE), g.to(DEVICE), k, junk="market", backend="triton",
+                             **{k_: v.to(DEVICE) for k_, v in lab.items()})
+    ov, oi = topk_oracle(seed_sqeuclidean_f64(q, g), k, _bad(lab, "market"))
+    kk = oi.shape[1]
+    np.testing.assert_array_equal(idx[:, :kk].cpu().numpy(), oi)
+    fin = np.isfinite(ov)
+    np.testing.assert_allclose(vals[:, :kk].cpu().numpy()[fin], ov[fin], atol=1e-4, rtol=1e-5)
+    assert (idx[:, kk:] == -1).all()
