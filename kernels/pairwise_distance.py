@@ -58,8 +58,9 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
 
     For y is x (a batch against itself) the Gram is computed once per symmetric block and its diagonal gives the
     norms, so self-distances are exactly 0 (euclidean: the 1e-6 floor). ``check_finite`` raises ValueError on a
-    NaN / Inf input, detected from the row norms. ``inplace=False``: the euclidean epilogue out of place (the same
-    values), for a result an autograd.Function saves while torch.compile traces it (``PairwiseDistanceFunction``)."""
+    NaN / Inf input, detected from the row norms. ``inplace=False``: the same values with no in-place update (one
+    plain Gram matmul for y is x), for a result that an autograd.Function saves while torch.compile traces it (see
+    ``PairwiseDistanceFunction``)."""
     dt = _compute_dtype(x, y)
     xf = x.to(dt)
     yf = xf if y is x else y.to(dt)
@@ -73,18 +74,20 @@ def distance_torch(x: torch.Tensor, y: torch.Tensor, metric: str, check_finite: 
         yn = xn if y is x else yf / ny.clamp(min=NORM_EPS)
         return torch.addmm(torch.ones((), dtype=dt, device=x.device), xn, yn.t(), beta=1, alpha=-1)
     if y is x:
-        d = gram(xf)
+        d = gram(xf) if inplace else xf @ xf.t()
         xx = d.diagonal().clone()
         if check_finite:
             check_norms(xx, "x")
-        d = (xx[:, None] + xx[None, :]).add_(d, alpha=-2.0)  # the seed's order: norms first, then -2 x·y
+        norms = xx[:, None] + xx[None, :]  # the seed's order: norms first, then -2 x·y
+        d = norms.add_(d, alpha=-2.0) if inplace else norms.add(d, alpha=-2.0)
     else:
         xx = (xf * xf).sum(1)
         yy = (yf * yf).sum(1)
         if check_finite:
             check_norms(xx, "x")
             check_norms(yy, "y")
-        d = (xx[:, None] + yy[None, :]).addmm_(xf, yf.t(), beta=1, alpha=-2)
+        norms = xx[:, None] + yy[None, :]
+        d = (norms.addmm_ if inplace else norms.addmm)(xf, yf.t(), beta=1, alpha=-2)
     if metric == "euclidean":
         d = d.clamp_(min=SQ_FLOOR).sqrt_() if inplace else d.clamp(min=SQ_FLOOR).sqrt()
     return d
@@ -128,26 +131,33 @@ def distance_backward(
 
 class PairwiseDistanceFunction(torch.autograd.Function):
     """Forward by ``distance_torch``, or by the Triton kernel called directly when ``use_triton`` (CPU tensors
-    under TRITON_INTERPRET=1); backward by ``distance_backward`` either way (saves x, y and d only)."""
+    under TRITON_INTERPRET=1); backward by ``distance_backward`` either way (saves x, y and d only). ``y=None``: the
+    distances of x to itself (one input, so torch.compile traces it: dynamo refuses, and torch 2.11 mis-traced, the
+    same tensor given twice)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, metric: str, use_triton: bool = False) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor | None, metric: str, use_triton: bool = False) -> torch.Tensor:
+        other = x if y is None else y
         if use_triton:
             from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_launch
 
-            d = pairwise_distance_launch(x, y, METRIC_CODES[metric])
+            d = pairwise_distance_launch(x, other, METRIC_CODES[metric])
         else:
-            # Traced by torch.compile, the saved d must not come out of an in-place chain: torch 2.11's AOT autograd
-            # then saves it at the wrong version and the compiled x.grad is all zeros (clamp_().sqrt_() here;
-            # torch 2.14 is right). Out of place costs nothing there (Inductor fuses the epilogue either way).
-            d = distance_torch(x, y, metric, check_finite=True, inplace=not torch.compiler.is_compiling())
-        ctx.save_for_backward(x, y, d)
+            # Traced by torch.compile, the saved d must not come out of an in-place update: torch 2.11's AOT
+            # autograd then saves it at the wrong version and the compiled gradient is wrong (all zeros for the
+            # euclidean clamp_().sqrt_(); torch 2.14 is right). Out of place costs nothing there (Inductor fuses).
+            d = distance_torch(x, other, metric, check_finite=True, inplace=not torch.compiler.is_compiling())
+        ctx.save_for_backward(x, other, d)
         ctx.metric = metric
+        ctx.self_distance = y is None
         return d
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, y, d = ctx.saved_tensors
+        if ctx.self_distance:  # x is both operands: the two gradients add up
+            gx, gy = distance_backward(grad, x, y, d, ctx.metric, True, True)
+            return gx + gy, None, None, None
         gx, gy = distance_backward(grad, x, y, d, ctx.metric, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return gx, gy, None, None
 
@@ -169,9 +179,9 @@ def pairwise_distance(x, y=None, metric: str = "euclidean", backend: str = "auto
             from fastccreid.kernels._pairwise_distance_triton import pairwise_distance_op
 
             return pairwise_distance_op(x, y, METRIC_CODES[metric])
-        return PairwiseDistanceFunction.apply(x, y, metric, True)
+        return PairwiseDistanceFunction.apply(x, None if y is x else y, metric, True)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        return PairwiseDistanceFunction.apply(x, y, metric)
+        return PairwiseDistanceFunction.apply(x, None if y is x else y, metric)
     return distance_torch(x, y, metric, check_finite=True)  # no graph wanted: skip the autograd node
 
 

@@ -162,15 +162,20 @@ def test_import_does_not_import_triton():
     assert out.stdout.strip() == "False"
 
 
-def test_torch_compile_fullgraph_torch_path():
-    """torch.compile sees through the torch path (custom autograd.Function) without a graph break."""
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("self_distance", [False, True])
+def test_torch_compile_fullgraph_torch_path(metric, self_distance):
+    """torch.compile sees through the torch path (custom autograd.Function) without a graph break, and its gradient
+    is eager's: on torch 2.11 the euclidean one was all zeros while the epilogue ran in place (every metric, and the
+    y = x Gram path, checked; a weighted sum so that every element's gradient counts)."""
     torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(6, 6 if self_distance else 5, generator=gen)
 
     def f(a, b):
-        return pairwise_distance(a, b, "euclidean", backend="torch").sum()
+        return (pairwise_distance(a, None if self_distance else b, metric, backend="torch") * w).sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 8, generator=gen, requires_grad=True)
     y = torch.randn(5, 8, generator=gen)
     out = compiled(x, y)
@@ -178,4 +183,5 @@ def test_torch_compile_fullgraph_torch_path():
     x2 = x.detach().clone().requires_grad_()
     f(x2, y).backward()
     torch.testing.assert_close(out, f(x2, y))
+    assert x2.grad.abs().max() > 0.1
     torch.testing.assert_close(x.grad, x2.grad)

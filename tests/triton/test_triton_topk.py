@@ -70,9 +70,9 @@ def test_registered_op_matches_oracle_and_compiles_fullgraph(junk, k):
     assert torch.equal(comp(*args).cpu()[:, :kk], torch.from_numpy(oi) * 2)
 
 
-@pytest.mark.parametrize("k", [129, 300, 310])
+@pytest.mark.parametrize("k", [129, 310])
 def test_topk_past_the_tile_bound(k):
-    """k > MAX_TILE_G (with k up to and past the gallery size) takes the keep-every-key route: every tile keeps all
+    """k > MAX_TILE_G (below and past the gallery size) takes the keep-every-key route: every tile keeps all
     its keys and torch.topk selects the k best; equal to the float64 stable-argsort oracle, exact tie included."""
     import fastccreid.kernels._topk_triton as T
 
