@@ -314,3 +314,25 @@ def test_bad_arguments():
         CSSC(0, pretrained=None)
     with pytest.raises(ValueError, match="pool_type"):
         SMR("sum")
+
+
+def test_global_max_pool_is_the_seeds_in_both_modes():
+    """Training: adaptive_max_pool2d itself (its gradient goes to one maximum per channel, also on the ReLU zeros'
+    ties); eval: amax, the same values bit for bit (what torch 2.11's ONNX exporter can translate)."""
+    import torch.nn.functional as F
+
+    from fastccreid.models.cssc import GlobalMaxPool
+
+    x = torch.randn(2, 5, 6, 3).relu()
+    x[0, 1] = 0.0  # a channel of ties
+    pool = GlobalMaxPool()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pool.train()
+    out = pool(a)
+    out.sum().backward()
+    ref = F.adaptive_max_pool2d(b, 1)
+    ref.sum().backward()
+    assert torch.equal(out, ref) and torch.equal(a.grad, b.grad)
+    assert a.grad[0, 1].sum() == 1.0  # one maximum gets the whole gradient
+    pool.eval()
+    assert torch.equal(pool(x), F.adaptive_max_pool2d(x, 1))

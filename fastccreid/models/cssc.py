@@ -48,6 +48,17 @@ def weights_init_classifier(m: nn.Module) -> None:
             nn.init.constant_(m.bias, 0.0)
 
 
+class GlobalMaxPool(nn.Module):
+    """Global max pool [B, C, H, W] -> [B, C, 1, 1]: ``adaptive_max_pool2d(x, 1)`` in training (the seed's op, whose
+    gradient goes to one maximum per channel), ``amax`` over H, W in eval mode (the same values exactly; torch
+    2.11's ONNX exporter has no translation of ``adaptive_max_pool2d``). No parameters: state dicts are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.adaptive_max_pool2d(x, 1)
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
     bn = nn.BatchNorm1d(dim)
     bn.bias.requires_grad_(False)  # BNNeck: the shift is frozen at 0
@@ -74,7 +85,7 @@ class SMR(nn.Module):
         self.num_classes = num_classes
         # Registration order = the official one (bottleneck, pool, l_conv_list, classifier, refinement).
         self.bottleneck = _bn_neck(feature_dim)
-        self.pool = nn.AdaptiveAvgPool2d(1) if pool_type == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool_type == "avg" else GlobalMaxPool()
         self.l_conv_list = nn.ModuleList(
             nn.Sequential(nn.Linear(feature_dim, part_dim, bias=False), nn.BatchNorm1d(part_dim))
             for _ in range(part_num)
@@ -145,7 +156,7 @@ class CSSC(nn.Module):
         self.smr_s_branch1 = SMR("max", feature_dim=FEATURE_DIM, num_classes=num_classes)
         self.smr_s_branch2 = SMR("max", feature_dim=FEATURE_DIM, num_classes=num_classes)
         self.smr_c_branch2 = SMR("avg", feature_dim=FEATURE_DIM, num_classes=num_classes)
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = GlobalMaxPool()
         self.bottleneck = _bn_neck(FEATURE_DIM)
         self.classifier = nn.Linear(FEATURE_DIM, num_classes, bias=False)
         self.classifier.apply(weights_init_classifier)
