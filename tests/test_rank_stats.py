@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.eval_cases import distmat_case, per_query_oracle
+from helpers.eval_cases import distmat_case, exact_rows, per_query_oracle
 
 from fastccreid.kernels import rank_stats
 
@@ -75,7 +75,8 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
     gallery_mod = importlib.import_module("fastccreid.evaluation.gallery")
     gen = torch.Generator().manual_seed(3)
     nq, ng = 40, 300
-    q, g = torch.randn(nq, 32, generator=gen).to(dtype), torch.randn(ng, 32, generator=gen).to(dtype)
+    # exact distances (see exact_rows): the paths tile their products differently, so only exact sums guarantee bits
+    q, g = exact_rows(gen, nq, 32).to(dtype), exact_rows(gen, ng, 32).to(dtype)
     kw = dict(q_pids=torch.randint(0, 6, (nq,), generator=gen), g_pids=torch.randint(0, 6, (ng,), generator=gen),
               q_camids=torch.randint(0, 2, (nq,), generator=gen), g_camids=torch.randint(0, 2, (ng,), generator=gen),
               q_clothes=torch.randint(0, 2, (nq,), generator=gen),
@@ -95,21 +96,27 @@ def test_gallery_tiles_and_on_the_fly_normalisation_agree(monkeypatch, dtype, lu
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gallery_tiled_distance_is_bit_identical_to_the_seeds(dtype):
-    """The gallery-tiled distance (each tile normalised into one reused buffer) gives the very bits of the seed's
-    one-shot ``|q|^2 + |g|^2 - 2 q.g`` on normalised rows, for tiles that do not divide the gallery (tiles are
-    at least ``tile`` rows wide: much narrower products take other BLAS paths with other rounding)."""
+    """The gallery-tiled distance (each tile normalised into one reused buffer) equals the seed's one-shot
+    ``|q|^2 + |g|^2 - 2 q.g`` on normalised rows, for tiles that do not divide the gallery. Bit for bit on
+    ``exact_rows`` features (every sum exact, so the tiling alone is tested); on general features BLAS may round a
+    product of another width differently (it picks kernels by shape and CPU), so there to a few fp32 ulps."""
     import importlib
 
     rs_mod = importlib.import_module("fastccreid.kernels.seed_distance")
     gen = torch.Generator().manual_seed(11)
-    q, g = torch.rand(19, 96, generator=gen).to(dtype), torch.rand(250, 96, generator=gen).to(dtype)
-    qn = rs_mod.seed_normalize(q)
-    want = rs_mod.seed_sqeuclidean(qn, rs_mod.seed_normalize(g))
-    for tile in (64, 100, 250, 1024):
-        got = rs_mod.seed_sqeuclidean_tiled(qn, g, normalize=True, tile=tile)
-        assert torch.equal(got, want), tile
-    gn, gg = rs_mod.seed_normalize(g, with_sq_norms=True)
-    assert torch.equal(rs_mod.seed_sqeuclidean_tiled(qn, gn, normalize=False, gg=gg, tile=33), want)
+    for exact in (True, False):
+        if exact:
+            q, g = exact_rows(gen, 19, 96).to(dtype), exact_rows(gen, 250, 96).to(dtype)
+        else:
+            q, g = torch.rand(19, 96, generator=gen).to(dtype), torch.rand(250, 96, generator=gen).to(dtype)
+        check = torch.equal if exact else lambda a, b: torch.allclose(a, b, rtol=0, atol=4e-7)
+        qn = rs_mod.seed_normalize(q)
+        want = rs_mod.seed_sqeuclidean(qn, rs_mod.seed_normalize(g))
+        for tile in (64, 100, 250, 1024):
+            got = rs_mod.seed_sqeuclidean_tiled(qn, g, normalize=True, tile=tile)
+            assert check(got, want), (exact, tile)
+        gn, gg = rs_mod.seed_normalize(g, with_sq_norms=True)
+        assert check(rs_mod.seed_sqeuclidean_tiled(qn, gn, normalize=False, gg=gg, tile=33), want), exact
 
 
 def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
@@ -121,8 +128,10 @@ def test_one_pass_streamed_and_copied_gallery_paths_agree(monkeypatch):
     gallery_mod = importlib.import_module("fastccreid.evaluation.gallery")
     gen = torch.Generator().manual_seed(5)
     nq, ng = 30, 2100
-    q, g = torch.rand(nq, 40, generator=gen), torch.rand(ng, 40, generator=gen)
-    g[17] = g[3]  # exact ties
+    # exact_rows: every distance exact (and many exact ties), so paths that tile the products differently must give
+    # the same statistics whatever the BLAS does
+    q, g = exact_rows(gen, nq, 40), exact_rows(gen, ng, 40)
+    g[17] = g[3]
     kw = dict(q_pids=torch.randint(0, 9, (nq,), generator=gen), g_pids=torch.randint(0, 9, (ng,), generator=gen),
               q_camids=torch.randint(0, 3, (nq,), generator=gen), g_camids=torch.randint(0, 3, (ng,), generator=gen),
               junk="market")

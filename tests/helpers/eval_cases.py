@@ -75,6 +75,19 @@ def torch_labels(gen: torch.Generator, nq: int, ng: int, npid: int = 4) -> dict:
                 g_clothes=torch.randint(0, 2, (ng,), generator=gen))
 
 
+def exact_rows(gen: torch.Generator, n: int, d: int, nnz: int = 4) -> torch.Tensor:
+    """[n, d] fp32 features whose every distance is exact in fp32 whatever the summation order: each row has ``nnz``
+    (4) entries +-s/2 (s a power of two from 1/4 to 8, per row), the rest 0, so its norm is s and the seed's
+    normalisation x / (||x|| + 1e-12) is exact (1e-12 vanishes next to s in fp32), products are multiples of 2^-8 and
+    all sums are exact. BLAS kernels of any shape, blocking or thread count then give the same bits, so two paths
+    that tile a product differently must agree bit for bit; the few distinct values give many exact ties."""
+    x = torch.zeros(n, d)
+    pos = torch.rand(n, d, generator=gen).argsort(dim=1)[:, :nnz]
+    sign = torch.randint(0, 2, (n, nnz), generator=gen).float() * 2 - 1
+    scale = 2.0 ** torch.randint(-2, 4, (n, 1), generator=gen).float()
+    return x.scatter_(1, pos, sign * scale / 2)
+
+
 def labels_numpy(lab: dict):
     """(qp, gp, qc, gc, qcl, gcl) numpy arrays from ``torch_labels``' dict."""
     return tuple(lab[k].numpy() for k in ("q_pids", "g_pids", "q_camids", "g_camids", "q_clothes", "g_clothes"))
