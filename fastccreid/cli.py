@@ -15,6 +15,7 @@ from fastccreid.data.datasets import DATASET_NAMES
 from fastccreid.engine.config import (
     AMP_CHOICES,
     BACKEND_CHOICES,
+    DIST_BACKEND_CHOICES,
     LOADER_CHOICES,
     LOADER_OUTPUT_CHOICES,
     WARM_UP_METHODS,
@@ -132,7 +133,11 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_amp", action="store_true",
                    help="compute evaluation features under --amp too (default: fp32, the official numbers)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=_D.deterministic,
-                   help="cuDNN deterministic=True, benchmark=False as the seed (default: on for eval, off for train)")
+                   help="cuDNN deterministic=True, benchmark=False as the seed (default: on for eval, off for train); "
+                        "given explicitly on CUDA also torch.use_deterministic_algorithms (warn_only)")
+    g.add_argument("--dist_backend", default=_D.dist_backend, choices=DIST_BACKEND_CHOICES,
+                   help="process-group backend: auto = NCCL on CUDA, gloo on CPU; gloo on CUDA lets several ranks "
+                        "share one GPU (e.g. --gpu_devices 0 --nproc 2 --dist_backend gloo)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="run each suite in its own process, so a failure or a timeout loses only that suite "
                         "(default: on for `all`)")
+    p.add_argument("--skip_suites", default="", metavar="NAME[,NAME...]",
+                   help="suites of `all` not to run (recorded as skipped in the JSON and the summary)")
     p.add_argument("--suite_timeout", default="", metavar="S|NAME=S,...",
                    help="with --isolate: seconds each suite may run (one number, or e.g. kernels=60,default=120)")
 
@@ -251,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command
     if cmd in ("train", "eval"):
+        from fastccreid.engine.distributed import apply_visible_devices
+
+        apply_visible_devices(args.gpu_devices)  # CUDA reads it once, at its first device query: before anything
         from fastccreid.engine.trainer import run_train
 
         cfg = TrainConfig.from_namespace(args)

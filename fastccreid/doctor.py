@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def environment() -> dict[str, Any]:
         try:
             from triton.backends.nvidia.compiler import get_ptxas_version
 
-            env["triton_ptxas_cuda"] = get_ptxas_version()
+            text = str(get_ptxas_version())
+            release = re.search(r"release (\d+\.\d+)", text)
+            env["triton_ptxas_cuda"] = release.group(1) if release else text.strip().splitlines()[-1][:80]
         except Exception as e:  # noqa: BLE001 - a Triton without the NVIDIA backend: reported, not fatal
             env["triton_ptxas_cuda"] = f"unavailable ({type(e).__name__})"
     except ImportError:
@@ -161,6 +164,7 @@ class Check:
     name: str
     fn: Callable[[], tuple[bool, str]]
     timeout_s: float = CHECK_TIMEOUT_S
+    own_process: bool = False  # under isolation: run in a fresh process (the CUDA checks)
 
 
 def skipped_check(name: str, reason: str) -> Check:
@@ -380,6 +384,12 @@ def _cssc_small(device) -> torch.nn.Module:
     return CSSC(6, last_stride=1, pretrained=None).to(device).to(memory_format=torch.channels_last)
 
 
+def _aot_eager() -> Callable:
+    """torch.compile's "aot_eager" backend: dynamo + AOTAutograd (functionalization, the CUDA ops' Triton
+    decomposition, the joint graph) without Inductor's code generation, so the recompile check costs seconds."""
+    return torch._dynamo.lookup_backend("aot_eager")
+
+
 def no_recompile_check(device, model: torch.nn.Module | None = None, *, batch: int = 8, eval_batch: int = 6,
                        last: int = 3, size: tuple[int, int] = (128, 64), pad_last: bool = True,
                        compiler: Callable | None = None) -> tuple[bool, str]:
@@ -544,10 +554,10 @@ def cuda_checks(device: torch.device) -> list[Check]:
     checks.append(Check("bf16 train step", lambda: _train_steps(device, "bf16")))
     checks.append(Check("fp16 + GradScaler train step", lambda: _train_steps(device, "fp16")))
     checks.append(Check("compiled CSSC train / eval cycle does not recompile (padded last eval batch)",
-                        lambda: no_recompile_check(device), timeout_s=240.0))
+                        lambda: no_recompile_check(device, compiler=_aot_eager())))
     checks.append(Check("steady-state CSSC fused-Adam cssc_loss step under set_sync_debug_mode('error')",
                         lambda: no_sync_check(device)))
-    return checks
+    return [dataclasses.replace(c, own_process=not c.name.endswith("(skipped)")) for c in checks]
 
 
 def default_checks() -> list[Check]:
@@ -614,11 +624,12 @@ def run_isolated(check: Check) -> CheckResult:
 
 def run_checks(checks: Sequence[Check], isolate: bool = False,
                on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
-    """Run each check (in its own process when ``isolate``: default checks only, found again there by name);
+    """Run each check (those marked ``own_process`` in a fresh process when ``isolate``: default checks only, found
+    again there by name);
     ``on_result`` sees each result as soon as it is known. A failing check never stops the others."""
     out = []
     for c in checks:
-        r = run_isolated(c) if isolate and not c.name.endswith("(skipped)") else run_check(c)
+        r = run_isolated(c) if isolate and c.own_process else run_check(c)
         out.append(r)
         if on_result is not None:
             on_result(r)

@@ -47,7 +47,8 @@ def _fake_commands(parent_json: str, behaviour: dict[str, str]):
 
 
 def _args(json_out: str, **kw) -> argparse.Namespace:
-    base = dict(suite="all", quick=True, json_out=json_out, out="", md_out="", isolate=None, suite_timeout="")
+    base = dict(suite="all", quick=True, json_out=json_out, out="", md_out="", isolate=None, suite_timeout="",
+                skip_suites="")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -83,13 +84,17 @@ def test_a_failing_and_a_hanging_suite_lose_only_themselves(tmp_path, monkeypatc
     assert "| pipeline | timeout |" in summary and "skipped the DALI rows: NVIDIA DALI does not import" in summary
 
 
-def test_all_suites_ok_exits_0(tmp_path, monkeypatch):
+def test_all_suites_ok_exits_0_and_skipped_suites_are_recorded(tmp_path, monkeypatch):
     out = str(tmp_path / "b.json")
     monkeypatch.setattr(bench, "suite_command", _fake_commands(out, dict.fromkeys(bench.SUITES, "ok")))
-    assert bench.run_bench(_args(out, suite_timeout="60")) == 0
+    assert bench.run_bench(_args(out, suite_timeout="60", skip_suites="train")) == 0
     payload = json.loads(open(out).read())
-    assert payload["complete"] and all(s["status"] == "ok" for s in payload["suites"])
-    assert len(payload["results"]) == len(bench.SUITES)
+    assert payload["complete"]
+    assert {s["suite"]: s["status"] for s in payload["suites"]} == {**dict.fromkeys(bench.SUITES, "ok"),
+                                                                    "train": "skipped"}
+    assert len(payload["results"]) == len(bench.SUITES) - 1
+    with pytest.raises(ValueError, match="--skip_suites: unknown suites \\['trian'\\]"):
+        bench.run_bench(_args(out, skip_suites="trian"))
 
 
 def test_in_process_suite_error_is_recorded_and_the_next_suite_runs(tmp_path, monkeypatch):

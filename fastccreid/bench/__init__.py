@@ -36,7 +36,7 @@ from fastccreid.bench.common import (  # noqa: F401  (re-exported: the public im
 )
 
 SUITES = ("kernels", "eval", "pipeline", "train", "extract")
-SUITE_STATUSES = ("ok", "error", "timeout", "interrupted")
+SUITE_STATUSES = ("ok", "skipped", "error", "timeout", "interrupted")  # skipped: by --skip_suites
 
 
 @dataclass
@@ -187,6 +187,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from fastccreid.bench.report import summary_table
 
     suites = SUITES if args.suite == "all" else (args.suite,)
+    skip = [s.strip() for s in (getattr(args, "skip_suites", "") or "").split(",") if s.strip()]
+    unknown = sorted(set(skip) - set(SUITES))
+    if unknown:
+        raise ValueError(f"--skip_suites: unknown suites {unknown}; valid: {', '.join(SUITES)}")
     isolate = getattr(args, "isolate", None)
     isolate = args.suite == "all" if isolate is None else bool(isolate)
     timeouts = parse_suite_timeouts(getattr(args, "suite_timeout", "") or "")
@@ -202,6 +206,11 @@ def run_bench(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_term) if isolate else None
     try:
         for name in suites:
+            if name in skip:
+                rec = SuiteRecord(name, "skipped", 0.0, 0, "", [{"what": "the whole suite", "reason": "--skip_suites"}])
+                records.append(rec)
+                print(suite_line(rec), flush=True)
+                continue
             print(f"== bench {name}{' (quick)' if args.quick else ''}"
                   f"{f' (own process, limit {timeouts[name]:.0f} s)' if isolate and timeouts[name] else ''}",
                   flush=True)
@@ -227,8 +236,8 @@ def run_bench(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     complete = len(records) == len(suites) and all(r.status != "interrupted" for r in records)
     payload = bench_payload(rows, records, complete, hw)
-    summary = summary_table(payload)
-    print("== summary\n" + summary, flush=True)
+    if isolate or len(suites) > 1:  # a suite's own process leaves the summary to the runner
+        print("== summary\n" + summary_table(payload), flush=True)
     if args.json_out:
         write_json(args.json_out, payload)
         print(f"wrote {args.json_out}")
@@ -243,7 +252,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         write_report(payload, rows, args.out)
         print(f"wrote report to {args.out}")
-    failed = [r.suite for r in records if r.status != "ok"]
+    failed = [r.suite for r in records if r.status not in ("ok", "skipped")]
     if failed:
         print(f"== bench: {', '.join(failed)} did not finish (see 'suites' in the JSON)", flush=True)
     return 1 if failed or not complete else 0

@@ -140,18 +140,30 @@ def _measure(path: str, step, imgs, pids, device, repeats: int, case: str, extra
 
 
 def run(quick: bool) -> list[BenchRow]:
-    """Train-step rows at 384x192 for batches of 8 and 16 (32 too in full mode), ids x 4 images: for each batch
-    size the fast path first (lower peak), then the reference."""
+    """Train-step rows at 384x192 for batches of 8 and 16 (32 too in full mode; on CUDA quick mode batch 32 only),
+    ids x 4 images: for each batch size the fast path first (lower peak), then the reference; on CUDA at batch 32
+    also the fast step eager (``fast-eager``: bf16 + channels_last without torch.compile)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     height, width = 384, 192
     repeats = 3 if quick else 8
     rows: list[BenchRow] = []
-    for batch in (8, 16) if quick else (8, 16, 32):
+    if device.type == "cuda":  # batch 32 only in quick mode: one cold compile of CSSC, not one per batch size
+        batches = (32,) if quick else (8, 16, 32)
+        repeats = 10 if quick else 20
+    else:
+        batches = (8, 16) if quick else (8, 16, 32)
+    for batch in batches:
         case = f"cssc-step-{height}x{width}-b{batch}-{device.type}"
         imgs, pids = _batch(height, width, batch, device)
         fast, desc = make_fast_step(device)
         fast_row = _measure("fast", fast, imgs, pids, device, repeats, case, desc)
         del fast
+        if device.type == "cuda" and batch == 32:  # the same step eager: what the compile buys
+            eager, desc_e = make_fast_step(device, compile_model=False)
+            eager_row = _measure("fast-eager", eager, imgs, pids, device, repeats, case, desc_e)
+            del eager
+            eager_row.extra["compiled_speedup_over_eager"] = round(eager_row.median_s / fast_row.median_s, 2)
+            rows.append(eager_row)
         ref = make_reference_step(device)
         ref_row = _measure("reference", ref, imgs, pids, device, repeats, case,
                            {"amp": "fp32", "compile": False, "channels_last": False})

@@ -21,6 +21,7 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 LOADER_CHOICES = ("auto", "dali", "torch")
 LOADER_OUTPUT_CHOICES = ("auto", "float", "uint8")
 BACKEND_CHOICES = ("auto", "triton", "torch")
+DIST_BACKEND_CHOICES = ("auto", "nccl", "gloo")  # auto: NCCL on CUDA, gloo on CPU
 WARM_UP_METHODS = ("constant", "linear")
 
 
@@ -85,6 +86,7 @@ class TrainConfig:
     nproc: int = 0
     eval_amp: bool = False
     deterministic: bool | None = None
+    dist_backend: str = "auto"
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
@@ -118,7 +120,8 @@ class TrainConfig:
                                      ("--loader", self.loader, LOADER_CHOICES),
                                      ("--loader_output", self.loader_output, LOADER_OUTPUT_CHOICES),
                                      ("--backend", self.backend, BACKEND_CHOICES),
-                                     ("--warm_up_method", self.warm_up_method, WARM_UP_METHODS)):
+                                     ("--warm_up_method", self.warm_up_method, WARM_UP_METHODS),
+                                     ("--dist_backend", self.dist_backend, DIST_BACKEND_CHOICES)):
             if value not in choices:
                 raise ValueError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
         if self.height < MIN_HEIGHT or self.width < MIN_WIDTH:
@@ -140,5 +143,7 @@ class TrainConfig:
                              f"{self.print_train_info_epoch_freq}")
         if self.nproc < 0:
             raise ValueError(f"--nproc must be >= 0 (0: one process per --gpu_devices entry), got {self.nproc}")
+        if self.dist_backend == "nccl" and self.use_cpu:
+            raise ValueError("--dist_backend nccl needs CUDA devices; with --use_cpu use gloo (or auto)")
         if self.evaluate and not self.resume:
             raise ValueError("evaluation needs a checkpoint: pass --resume PATH")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -36,33 +37,66 @@ class DistContext:
         return self.rank == 0
 
 
-def setup(use_cpu: bool = False, gpu_devices: str = "0") -> DistContext:
+TIMEOUT_ENV = "FASTCCREID_DIST_TIMEOUT_S"  # collective timeout in seconds (default 3600)
+DEFAULT_TIMEOUT_S = 3600.0  # NCCL's own default is 10 minutes: rank 0 evaluating a large gallery can take longer
+
+
+def apply_visible_devices(gpu_devices: str = "0") -> None:
+    """``--gpu_devices`` -> CUDA_VISIBLE_DEVICES, as the seed, except under torchrun / the launcher (WORLD_SIZE > 1)
+    with the default "0", which would put every rank on one GPU: then the visible devices are left as they are.
+    CUDA reads the variable once, when it first enumerates devices (``torch.cuda.is_available()`` is enough), so
+    this must run before any CUDA query: the CLI calls it first thing for train / eval, ``run_train`` and ``setup``
+    again (a no-op then)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or gpu_devices != "0":
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_devices
+
+
+def collective_timeout() -> timedelta:
+    """The process group's timeout: ``FASTCCREID_DIST_TIMEOUT_S`` seconds, default 3600."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be > 0 seconds, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def setup(use_cpu: bool = False, gpu_devices: str = "0", dist_backend: str = "auto") -> DistContext:
     """Pick the device (the seed's ``--use_cpu`` / ``--gpu_devices`` rules) and join the process group if torchrun
-    started us. ``--gpu_devices`` becomes CUDA_VISIBLE_DEVICES as in the seed, except under torchrun with the default
-    "0", which would put every rank on one GPU: then the visible devices are left as they are."""
+    started us (``apply_visible_devices`` first). ``dist_backend``: "auto" = NCCL on CUDA, gloo on CPU; "gloo" on
+    CUDA keeps the tensors on the GPUs and lets several ranks share one GPU (rank r on visible GPU r mod count;
+    NCCL refuses two ranks on one device), which is how a one-GPU machine runs the multi-process path."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 1 or gpu_devices != "0":
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_devices
+    apply_visible_devices(gpu_devices)
     use_cuda = torch.cuda.is_available() and not use_cpu
+    if dist_backend not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"--dist_backend must be one of auto, nccl, gloo; got {dist_backend!r}")
     if use_cuda:
         index = local_rank if world_size > 1 else 0
+        if dist_backend == "gloo":
+            index %= torch.cuda.device_count()
         if index >= torch.cuda.device_count():
             raise ValueError(f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible "
-                             f"(--gpu_devices {gpu_devices!r})")
+                             f"(--gpu_devices {gpu_devices!r}; --dist_backend gloo lets ranks share a GPU)")
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     backend = None
     if world_size > 1:
-        backend = "nccl" if use_cuda else "gloo"
+        if dist_backend == "nccl" and not use_cuda:
+            raise ValueError("--dist_backend nccl needs CUDA devices; use gloo (or auto) on a CPU")
+        backend = ("nccl" if use_cuda else "gloo") if dist_backend == "auto" else dist_backend
         if not dist.is_initialized():
             # fastccreid's own launcher rendezvous through a file it owns (no port to race for); torchrun: env://
             init_method = os.environ.get(INIT_METHOD_ENV) or "env://"
             dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    device_id=device if use_cuda else None)
+                                    device_id=device if backend == "nccl" else None, timeout=collective_timeout())
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
 

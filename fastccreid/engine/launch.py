@@ -41,9 +41,9 @@ def resolve_nproc(cfg: TrainConfig, cuda_available: bool) -> int:
         return cfg.nproc or 1
     devices = [d for d in cfg.gpu_devices.split(",") if d.strip()]
     n = cfg.nproc or len(devices)
-    if n > len(devices):
+    if n > len(devices) and cfg.dist_backend != "gloo":  # gloo lets ranks share a GPU (NCCL refuses)
         raise ValueError(f"--nproc {n} needs as many GPUs in --gpu_devices, got {cfg.gpu_devices!r} "
-                         f"({len(devices)}); on a CPU add --use_cpu")
+                         f"({len(devices)}); on a CPU add --use_cpu, to share GPUs add --dist_backend gloo")
     return n
 
 

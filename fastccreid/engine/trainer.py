@@ -27,7 +27,15 @@ import torch
 from fastccreid.engine import checkpoint as ckpt_io
 from fastccreid.engine.amp import AmpConfig, resolve_amp
 from fastccreid.engine.config import MIN_HEIGHT, MIN_WIDTH, TrainConfig
-from fastccreid.engine.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, cleanup, setup
+from fastccreid.engine.distributed import (
+    DistContext,
+    all_reduce_sum,
+    apply_visible_devices,
+    barrier,
+    broadcast_buffers,
+    cleanup,
+    setup,
+)
 from fastccreid.engine.evaluate import EvalConfig, eval_settings, evaluate_model
 from fastccreid.engine.launch import launch, resolve_nproc, under_launcher
 from fastccreid.engine.loss import cssc_loss
@@ -86,11 +94,19 @@ def set_random_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def apply_deterministic(flag: bool) -> None:
+def apply_deterministic(flag: bool, algorithms_on: torch.device | None = None) -> None:
     """The seed's cuDNN settings when on (``deterministic=True, benchmark=False``: the same features run to run);
-    off, cuDNN may benchmark its algorithms for the static shapes (faster, not bit-reproducible)."""
+    off, cuDNN may benchmark its algorithms for the static shapes (faster, not bit-reproducible). With
+    ``algorithms_on`` a CUDA device (an explicit ``--deterministic`` on a GPU) also
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` and CUBLAS_WORKSPACE_CONFIG=:4096:8 (unless set):
+    index_add_ on CUDA (the triplet backward's scatter) then runs its deterministic sort-based kernel, cuBLAS
+    keeps fixed reductions; an op with no deterministic CUDA kernel stays as it is and torch warns, naming it.
+    CPU kernels here are deterministic already, so CPU runs are left alone."""
     torch.backends.cudnn.deterministic = bool(flag)
     torch.backends.cudnn.benchmark = not flag
+    if flag and algorithms_on is not None and algorithms_on.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def eval_amp_config(cfg: TrainConfig, device: torch.device) -> AmpConfig:
@@ -212,12 +228,12 @@ class Trainer:
         cfg = as_config(cfg)
         cfg.validate()
         self.cfg = cfg
-        self.ctx = ctx if ctx is not None else setup(cfg.use_cpu, cfg.gpu_devices)
+        self.ctx = ctx if ctx is not None else setup(cfg.use_cpu, cfg.gpu_devices, cfg.dist_backend)
         self.device = self.ctx.device
         self.log = log if log is not None else RunLog(None, self.ctx.is_main, not cfg.no_progress)
         self.amp: AmpConfig = resolve_amp(cfg.amp, self.device)
         self.compile = resolve_compile(cfg.compile, self.device)
-        apply_deterministic(bool(cfg.deterministic))
+        apply_deterministic(bool(cfg.deterministic), self.device if cfg.deterministic else None)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         set_random_seed(cfg.seed)
 
@@ -499,7 +515,8 @@ def run_evaluate(cfg: TrainConfig | argparse.Namespace, ctx: DistContext, log: C
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(ctx.device).to(memory_format=memory_format).eval()
     amp = eval_amp_config(cfg, ctx.device)
-    apply_deterministic(cfg.deterministic is not False)  # on by default for evaluation
+    # cuDNN's flags on by default for evaluation; deterministic algorithms only when --deterministic is given
+    apply_deterministic(cfg.deterministic is not False, ctx.device if cfg.deterministic else None)
     use_compile = resolve_compile(cfg.compile, ctx.device)
     net = torch.compile(model, dynamic=False) if use_compile else model
     eval_cfg = EvalConfig(height=cfg.height, width=cfg.width, batch_size=cfg.test_batch, amp=amp,
@@ -523,12 +540,13 @@ def run_train(cfg: TrainConfig | argparse.Namespace, *, prog: str | None = None)
     cfg = as_config(cfg)
     log: RunLog | None = None
     try:
+        apply_visible_devices(cfg.gpu_devices)  # before the first CUDA query (the CLI has done it already)
         if not under_launcher():
             nproc = resolve_nproc(cfg, torch.cuda.is_available())
             if nproc > 1:
                 cfg.validate()
                 return launch(cfg, nproc, prog=prog)
-        ctx = setup(cfg.use_cpu, cfg.gpu_devices)
+        ctx = setup(cfg.use_cpu, cfg.gpu_devices, cfg.dist_backend)
         name = "log_test.txt" if cfg.evaluate else "log_train.txt"
         log = RunLog(os.path.join(cfg.save_dir, name), ctx.is_main, not cfg.no_progress)
         if ctx.is_main:
