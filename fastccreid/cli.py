@@ -1,4 +1,4 @@
-"""The ``fastccreid`` command line: train, eval, eval-features, synth, bench, demo.
+"""The ``fastccreid`` command line: train, eval, eval-features, synth, data check, bench, demo.
 
 Each subcommand's flags are declared here; the work lives in the module named in its ``run`` call, imported
 only when that subcommand runs, so ``fastccreid --help`` stays fast and light.
@@ -11,10 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from fastccreid.bench import SUITES
-from fastccreid.data.datasets import DATASET_NAMES
+from fastccreid.data.datasets import DATASET_CHOICES, DATASET_NAMES
 from fastccreid.engine.config import (
     AMP_CHOICES,
     BACKEND_CHOICES,
+    BN_CHOICES,
     DIST_BACKEND_CHOICES,
     LOADER_CHOICES,
     LOADER_OUTPUT_CHOICES,
@@ -42,7 +43,8 @@ def _size(text: str) -> tuple[int, int]:
 def add_seed_arguments(p: argparse.ArgumentParser) -> None:
     """The seed's utils/arguments.py flags, unchanged (names, defaults, meanings)."""
     g = p.add_argument_group("data (seed flags)")
-    g.add_argument("-d", "--dataset", type=str, default=_D.dataset, choices=DATASET_NAMES)
+    g.add_argument("-d", "--dataset", type=str, default=_D.dataset, choices=DATASET_CHOICES,
+                   help="a public layout, or manifest (--dataset_root names the CSV / JSON Lines file)")
     g.add_argument("--dataset_root", type=str, default=_D.dataset_root, help="root path to data directory")
     g.add_argument("--dataset_filename", type=str, default=_D.dataset_filename,
                    help="dataset folder under --dataset_root")
@@ -121,7 +123,23 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
                    help="warn about and skip unreadable images instead of stopping")
     g.add_argument("--backend", default=_D.backend, choices=BACKEND_CHOICES,
                    help="kernel backend (also FASTCCREID_BACKEND)")
-    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="kept for old scripts: the same as --bn global, the default with more than one process")
+    g.add_argument("--bn", default=_D.bn, choices=BN_CHOICES,
+                   help="BatchNorm statistics with more than one process: global = over every rank's images (what one "
+                        "process computes; SyncBatchNorm on NCCL), per_rank = each rank's own B/N images (DDP's plain "
+                        "behaviour elsewhere)")
+    g.add_argument("--max_restarts", type=int, default=_D.max_restarts,
+                   help="restart the process group up to this many times when a worker dies; a restart resumes from "
+                        "the newest checkpoint_last.pth in --save_dir")
+    g.add_argument("--checkpoint_every_steps", type=int, default=_D.checkpoint_every_steps, metavar="S",
+                   help="rank 0 also writes checkpoint_last.pth (atomically) every S training steps, mid-epoch, so a "
+                        "restart loses little work (0: only at epoch ends / interrupts)")
+    g.add_argument("--nnodes", type=int, default=_D.nnodes,
+                   help="machines in the run (torchrun's meaning); each runs the same command with its --node_rank")
+    g.add_argument("--node_rank", type=int, default=_D.node_rank, help="this machine's index in [0, --nnodes)")
+    g.add_argument("--rdzv_endpoint", default=_D.rdzv_endpoint, metavar="HOST:PORT",
+                   help="node 0's address where the agents meet (torchrun's static rendezvous); for --nnodes > 1")
     g.add_argument("--save_features", default=_D.save_features, metavar="FILE",
                    help="with --evaluate/eval: write query and gallery features (eval-features .npz format)")
     g.add_argument("--max_steps_per_epoch", type=int, default=_D.max_steps_per_epoch,
@@ -178,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout",
                        description="Procedural people: identity cues persist across outfits, clothes change, "
                                    "cameras change background and lighting. Deterministic for a seed.")
-    p.add_argument("--layout", required=True, choices=DATASET_NAMES)
+    p.add_argument("--layout", required=True, choices=DATASET_CHOICES,
+                   help="manifest: images/<split>/<pid>/*.jpg with manifest.csv and manifest.jsonl")
     p.add_argument("--root", required=True, help="folder to write the dataset into")
     p.add_argument("--ids", type=int, default=40, help="number of identities")
     p.add_argument("--seed", type=int, default=0)
@@ -187,6 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per", dest="images_per", type=int, default=2,
                    help="images per (identity, outfit, camera) drawn")
     p.add_argument("--size", type=_size, default=(128, 64), metavar="HxW", help="image size")
+
+    p = sub.add_parser("data", help="dataset tools: check a dataset or manifest for labelling mistakes")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = data_sub.add_parser("check", help="statistics and labelling mistakes of a dataset or manifest",
+                            description="The statistics table, then errors (exit 1: missing / unreadable files, no "
+                                        "countable true match, query and gallery on one camera, clothes ids missing "
+                                        "for a clothes-changing protocol, bad manifest rows) and warnings (exit 0; "
+                                        "--strict: 1): ids shared by train and test, duplicate files, query ids "
+                                        "absent from the gallery, images smaller than the input, train ids with "
+                                        "fewer than --num_instances images.")
+    p.add_argument("-d", "--dataset", default=_D.dataset, choices=DATASET_CHOICES)
+    p.add_argument("--dataset_root", default=_D.dataset_root, help="dataset folder's parent, or the manifest file")
+    p.add_argument("--dataset_filename", default=_D.dataset_filename, help="dataset folder under --dataset_root")
+    p.add_argument("--json", dest="json_out", default="", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--decode", action="store_true",
+                   help="decode every image with the training decoder (default: existence, size and header only)")
+    p.add_argument("--strict", action="store_true", help="warnings are errors too (exit 1)")
+    p.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                   help="check this protocol on every query set (default: the settings training evaluates)")
+    p.add_argument("--num_instances", type=int, default=_D.num_instances,
+                   help="warn about train ids with fewer images than this (K)")
+    p.add_argument("--height", type=int, default=_D.height, help="model input height (smaller images: a warning)")
+    p.add_argument("--width", type=int, default=_D.width, help="model input width")
+    p.add_argument("-j", "--num_workers", type=int, default=_D.num_workers, help="decode processes with --decode")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("bench", help="fast vs reference benchmarks (kernels, eval, pipeline, train)")
     p.add_argument("suite", choices=BENCH_SUITES)
@@ -275,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastccreid.data.synth import run_synth
 
         return run_synth(args)
+    if cmd == "data":
+        from fastccreid.data.check import run_cli as run_data_check
+
+        return run_data_check(args)
     if cmd == "bench":
         from fastccreid.bench import run_bench
 

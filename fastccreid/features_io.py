@@ -298,37 +298,18 @@ def _run_rank(args) -> int:
 
 
 def _launch(args, nproc: int) -> int:
-    """Start ``nproc`` ranks of this command on this machine (gloo, a file-store rendezvous in a private folder,
-    as ``fastccreid train --nproc``); returns 0 or the first failing rank's exit code."""
-    import shutil
-    import subprocess
-    import tempfile
+    """Start ``nproc`` ranks of this command on this machine through torch's elastic agent (as ``fastccreid train
+    --nproc``: a c10d rendezvous on loopback); returns 0 or the first failing rank's exit code."""
+    from fastccreid.engine.launch import run_elastic
 
-    from fastccreid.engine.distributed import INIT_METHOD_ENV
-    from fastccreid.engine.launch import _die_with_parent, _supervise
-
-    argv = [sys.executable, "-m", "fastccreid", "eval-features", args.query, args.gallery, "--protocol",
-            args.protocol, "--max-rank", str(args.max_rank), "--precision", getattr(args, "precision", "fp32")]
+    argv = ["-m", "fastccreid", "eval-features", args.query, args.gallery, "--protocol", args.protocol,
+            "--max-rank", str(args.max_rank), "--precision", getattr(args, "precision", "fp32")]
     if args.json_out:
         argv += ["--json", args.json_out]
     if not getattr(args, "normalize", True):
         argv.append("--no-normalize")
     if getattr(args, "reranking", False):
         argv.append("--reranking")
-    workdir = tempfile.mkdtemp(prefix="fastccreid-eval-")
-    env = dict(os.environ, WORLD_SIZE=str(nproc), **{INIT_METHOD_ENV: "file://" + os.path.join(workdir, "store")})
     # the machine's cores shared among the ranks (each would start one thread per core), unless the user chose
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    procs = []
-    try:
-        for rank in range(nproc):
-            procs.append(subprocess.Popen(argv, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
-                                          start_new_session=True, preexec_fn=_die_with_parent))
-        # the ranks of a sharded evaluation stop together (each printing its own error): give them 2 s to do so
-        return _supervise(procs, [], "fastccreid eval-features", settle_s=2.0)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))}
+    return run_elastic(argv, nproc, prog="fastccreid eval-features", env=env)

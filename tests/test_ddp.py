@@ -203,25 +203,6 @@ def test_a_failing_rank_ends_every_process_with_its_error(tiny_root, tmp_path):
     assert re.search(r"rank \d exited with code \d+; stopping the other processes", res.stderr)
 
 
-@pytest.mark.parametrize("settle_s,late_code", [(0.0, -signal.SIGTERM), (30.0, 3)])
-def test_supervisor_stops_the_others_after_the_settle_time(settle_s, late_code):
-    """The first failing child's code is returned; the others are stopped at once (training: they wait in a
-    collective), or, with ``settle_s`` (eval-features: every rank stops by itself and prints its own error), left
-    to exit on their own first."""
-    from fastccreid.engine.launch import _supervise
-
-    first = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(2)"])
-    late = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(1.5); sys.exit(3)"])
-    try:
-        assert _supervise([first, late], [], "test", settle_s=settle_s) == 2
-        assert late.returncode == late_code
-    finally:
-        for p in (first, late):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
 def test_ctrl_c_in_the_launcher_stops_every_rank_and_saves_the_last_checkpoint(tiny_root, tmp_path):
     from fastccreid.engine.checkpoint import load_checkpoint
 

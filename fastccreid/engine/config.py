@@ -23,6 +23,7 @@ LOADER_OUTPUT_CHOICES = ("auto", "float", "uint8")
 BACKEND_CHOICES = ("auto", "triton", "torch")
 DIST_BACKEND_CHOICES = ("auto", "nccl", "gloo")  # auto: NCCL on CUDA, gloo on CPU
 WARM_UP_METHODS = ("constant", "linear")
+BN_CHOICES = ("global", "per_rank")  # global: BN statistics over every rank's images (one process's BN)
 
 
 @dataclass
@@ -87,6 +88,12 @@ class TrainConfig:
     eval_amp: bool = False
     deterministic: bool | None = None
     dist_backend: str = "auto"
+    bn: str = "global"
+    max_restarts: int = 0
+    checkpoint_every_steps: int = 0
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
@@ -109,19 +116,25 @@ class TrainConfig:
 
     @property
     def dataset_path(self) -> str:
-        """The dataset's own folder: ``--dataset_root/--dataset_filename`` (the root alone when the name is empty)."""
+        """The dataset's own folder: ``--dataset_root/--dataset_filename`` (the root alone when the name is empty);
+        for ``--dataset manifest`` the manifest file: ``--dataset_root`` (or --dataset_filename in that folder)."""
+        if self.dataset == "manifest":
+            from fastccreid.data.datasets import manifest_location
+
+            return manifest_location(self.dataset_root, self.dataset_filename)
         return os.path.join(self.dataset_root, self.dataset_filename) if self.dataset_filename else self.dataset_root
 
     def validate(self) -> None:
         """Reject values the run cannot use, naming the flag (and the valid choices where there is a list)."""
-        from fastccreid.data.datasets import DATASET_NAMES
+        from fastccreid.data.datasets import DATASET_CHOICES
 
-        for flag, value, choices in (("--dataset", self.dataset, DATASET_NAMES), ("--amp", self.amp, AMP_CHOICES),
+        for flag, value, choices in (("--dataset", self.dataset, DATASET_CHOICES), ("--amp", self.amp, AMP_CHOICES),
                                      ("--loader", self.loader, LOADER_CHOICES),
                                      ("--loader_output", self.loader_output, LOADER_OUTPUT_CHOICES),
                                      ("--backend", self.backend, BACKEND_CHOICES),
                                      ("--warm_up_method", self.warm_up_method, WARM_UP_METHODS),
-                                     ("--dist_backend", self.dist_backend, DIST_BACKEND_CHOICES)):
+                                     ("--dist_backend", self.dist_backend, DIST_BACKEND_CHOICES),
+                                     ("--bn", self.bn, BN_CHOICES)):
             if value not in choices:
                 raise ValueError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
         if self.height < MIN_HEIGHT or self.width < MIN_WIDTH:
@@ -143,6 +156,16 @@ class TrainConfig:
                              f"{self.print_train_info_epoch_freq}")
         if self.nproc < 0:
             raise ValueError(f"--nproc must be >= 0 (0: one process per --gpu_devices entry), got {self.nproc}")
+        for flag, value in (("--max_restarts", self.max_restarts),
+                            ("--checkpoint_every_steps", self.checkpoint_every_steps), ("--node_rank", self.node_rank)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
+        if self.nnodes < 1 or self.node_rank >= self.nnodes:
+            raise ValueError(f"--nnodes must be >= 1 and --node_rank in [0, --nnodes), got --nnodes {self.nnodes} "
+                             f"--node_rank {self.node_rank}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("--nnodes > 1 needs --rdzv_endpoint HOST:PORT (node 0's address, reachable from every "
+                             "node)")
         if self.dist_backend == "nccl" and self.use_cpu:
             raise ValueError("--dist_backend nccl needs CUDA devices; with --use_cpu use gloo (or auto)")
         if self.evaluate and not self.resume:

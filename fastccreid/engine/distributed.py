@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-INIT_METHOD_ENV = "FASTCCREID_DIST_INIT"  # e.g. file:///tmp/x: set by `fastccreid train --nproc N`'s launcher
+INIT_METHOD_ENV = "FASTCCREID_DIST_INIT"  # e.g. file:///tmp/x: a file-store rendezvous (tests, bench spawn)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def setup(use_cpu: bool = False, gpu_devices: str = "0", dist_backend: str = "au
             raise ValueError("--dist_backend nccl needs CUDA devices; use gloo (or auto) on a CPU")
         backend = ("nccl" if use_cuda else "gloo") if dist_backend == "auto" else dist_backend
         if not dist.is_initialized():
-            # fastccreid's own launcher rendezvous through a file it owns (no port to race for); torchrun: env://
+            # torchrun / the elastic launcher: env:// (the agent's store); tests and bench spawn: a file store
             init_method = os.environ.get(INIT_METHOD_ENV) or "env://"
             dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
                                     device_id=device if backend == "nccl" else None, timeout=collective_timeout())

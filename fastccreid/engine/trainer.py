@@ -37,7 +37,8 @@ from fastccreid.engine.distributed import (
     setup,
 )
 from fastccreid.engine.evaluate import EvalConfig, eval_settings, evaluate_model
-from fastccreid.engine.launch import launch, resolve_nproc, under_launcher
+from fastccreid.engine.global_bn import convert_batchnorm
+from fastccreid.engine.launch import launch, resolve_nproc, restart_count, under_launcher
 from fastccreid.engine.loss import cssc_loss
 from fastccreid.engine.runlog import BestTracker, MetricsLog, RunLog
 
@@ -124,7 +125,7 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
                     ctx: DistContext, *, epoch: int, num_steps: int, use_triplet: bool, margin: float | None,
                     backend: str = "auto", channels_last: bool = True, skip: int = 0,
                     stop_requested: Callable[[], bool] = lambda: False, progress: bool = False,
-                    max_epoch: int | None = None) -> EpochStats:
+                    max_epoch: int | None = None, on_step: Callable[[int], None] | None = None) -> EpochStats:
     """Train epoch ``epoch`` (1-based, as the seed's ``train()``) over ``num_steps`` batches from batch ``skip``.
 
     Stops when ``stop_requested()`` turns true (``interrupted=True``; ``steps`` is then the position to resume
@@ -182,6 +183,8 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
         scaler.step(optimizer)
         scaler.update()
         images += x.shape[0] * ctx.world_size
+        if on_step is not None:
+            on_step(step + 1)
         if pending is not None and consume(*pending):  # the previous step's values: this step is queued already
             stop, stop_at = True, step + 1
             break
@@ -262,10 +265,9 @@ class Trainer:
 
         self.train_net: torch.nn.Module = self.model
         if self.ctx.distributed:
-            if cfg.sync_bn:
-                if self.device.type != "cuda":
-                    raise ValueError("--sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # BN over the global batch unless --bn per_rank: SyncBatchNorm on NCCL, GlobalBatchNorm on gloo (same
+            # parameter and buffer names: checkpoints load either way)
+            self.model = convert_batchnorm(self.model, "global" if cfg.sync_bn else cfg.bn, self.ctx)
             self.train_net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.eval_net: torch.nn.Module = self.model
@@ -373,6 +375,19 @@ class Trainer:
                                        is_best_rank1=is_r1)
         ckpt_io.atomic_copy(path, self.last_checkpoint_path())  # same content: link, not rewrite
 
+    def _step_saver(self, epoch: int) -> Callable[[int], None] | None:
+        """``--checkpoint_every_steps S``: after every S-th step of epoch ``epoch`` (0-based) rank 0 writes
+        ``checkpoint_last.pth`` atomically with ``resume_step`` = the steps done, so a restart redoes < S steps."""
+        every = self.cfg.checkpoint_every_steps
+        if every <= 0:
+            return None
+
+        def save(done: int) -> None:
+            if done % every == 0:
+                self.save_last(epoch - 1, resume_step=done)
+
+        return save
+
     # ------------------------------------------------------------------ training
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         if self._stop_requested:  # a second Ctrl-C: stop now
@@ -433,7 +448,7 @@ class Trainer:
                         margin=c.margin, backend=c.backend, channels_last=c.channels_last,
                         skip=self.resume_step if epoch == self.start_epoch else 0,
                         stop_requested=lambda: self._stop_requested, progress=not c.no_progress,
-                        max_epoch=c.max_epoch)
+                        max_epoch=c.max_epoch, on_step=self._step_saver(epoch))
                 except NonFiniteLossError as exc:
                     last = self.last_checkpoint_path()
                     keep = (f"the last good checkpoint is {last}" if os.path.isfile(last)
@@ -531,6 +546,30 @@ def run_evaluate(cfg: TrainConfig | argparse.Namespace, ctx: DistContext, log: C
                     log=log)
 
 
+def check_data(cfg: TrainConfig) -> None:
+    """Issue 28's pre-flight: parse the dataset (a bad manifest row: one ``FILE:LINE`` error) and, for training, run
+    ``fastccreid data check``'s errors (missing files, no countable true match, one camera, clothes ids missing),
+    so no training starts on a dataset whose evaluation cannot count a match. ``--skip_bad_images`` keeps its
+    meaning: missing files are then a warning (rank 0 prints it) and the loaders skip them."""
+    from fastccreid.data import build_dataset
+    from fastccreid.data.check import preflight
+
+    if cfg.evaluate:
+        build_dataset(cfg.dataset, cfg.dataset_path)
+        return
+    quiet = os.environ.get("RANK", "0") != "0"
+    preflight(cfg.dataset, cfg.dataset_path, skip_bad_images=cfg.skip_bad_images,
+              warn=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
+
+
+def resume_after_restart(cfg: TrainConfig) -> TrainConfig:
+    """A worker the elastic agent restarted: resume from ``--save_dir``'s ``checkpoint_last.pth`` when there is
+    one (the newest state any rank 0 wrote: every S steps with ``--checkpoint_every_steps``, at epoch ends with
+    ``--save_checkpoint``), else from what the first start resumed from."""
+    last = os.path.join(cfg.save_dir, ckpt_io.LAST_NAME)
+    return cfg.replace(resume=last) if os.path.isfile(last) else cfg
+
+
 def run_train(cfg: TrainConfig | argparse.Namespace, *, prog: str | None = None) -> int:
     """Entry point of ``fastccreid train`` and ``fastccreid eval``; returns the exit code."""
     from fastccreid.models import PretrainedWeightsError
@@ -541,11 +580,15 @@ def run_train(cfg: TrainConfig | argparse.Namespace, *, prog: str | None = None)
     log: RunLog | None = None
     try:
         apply_visible_devices(cfg.gpu_devices)  # before the first CUDA query (the CLI has done it already)
+        check_data(cfg)  # before any process, log or model: a bad dataset writes nothing
         if not under_launcher():
             nproc = resolve_nproc(cfg, torch.cuda.is_available())
-            if nproc > 1:
+            if nproc > 1 or cfg.nnodes > 1 or cfg.max_restarts > 0:
                 cfg.validate()
                 return launch(cfg, nproc, prog=prog)
+        restarted = restart_count() > 0 and not cfg.evaluate
+        if restarted:
+            cfg = resume_after_restart(cfg)
         ctx = setup(cfg.use_cpu, cfg.gpu_devices, cfg.dist_backend)
         name = "log_test.txt" if cfg.evaluate else "log_train.txt"
         log = RunLog(os.path.join(cfg.save_dir, name), ctx.is_main, not cfg.no_progress)
@@ -554,6 +597,9 @@ def run_train(cfg: TrainConfig | argparse.Namespace, *, prog: str | None = None)
             for k, v in cfg.to_dict().items():
                 log(f"{k}: {v}")
             log("--------------------- Args End ------------------------")
+            if restarted:
+                log(f"==> Restart {restart_count()} of {cfg.max_restarts} after a worker failure: "
+                    + (f"resuming from {cfg.resume}" if cfg.resume else "no checkpoint yet, starting over"))
         if cfg.evaluate:
             run_evaluate(cfg, ctx, log)
             return EXIT_OK
