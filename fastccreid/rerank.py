@@ -1,198 +1,358 @@
-"""k-reciprocal re-ranking (Zhong et al., CVPR 2017; k1=20, k2=6, lambda=0.3) built on top-k neighbours.
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017; k1=20, k2=6, lambda=0.3) built on top-k neighbours, streamed.
 
 Same algorithm as the seed's ``re_ranking(probFea, galFea, k1, k2, lambda)`` (evaluate/re_ranking.py; numbers: below),
 which builds the dense (Q+G)^2 distance and rank matrices. Here each item only needs its k1+1 nearest neighbours
-and the largest distance of its row (streamed over row chunks), the encodings V are sparse (a few dozen entries per
-row), and the Jaccard term is non-trivial only for pairs that share an encoded neighbour. Memory: O(N·k1) plus the
-Q×G result, instead of several (Q+G)^2 arrays.
+and the largest distance of its row (streamed over row chunks of the N x N distance), the k-reciprocal sets, their
+expansion and the encodings V are built with array operations over all N items at once (sorted pair keys
+``i * N + j`` and binary search instead of per-item set operations), V is sparse (a few dozen entries per row), and
+the Jaccard term of a query chunk is summed over the pairs that share an encoded neighbour, restricted to the chunk.
+``Reranker.chunks()`` yields the re-ranked distances [C, G] query chunk by query chunk: memory O(N·k1 + C·N), never
+Q×G (``fastccreid.metrics.evaluate(rerank=True)`` passes each chunk straight to the rank statistics);
+``re_ranking`` concatenates the chunks into the dense [Q, G] for callers who want the matrix.
 
-Input: features (``probFea`` [Q, D], ``galFea`` [G, D], numpy or torch), as the seed's: the distance is the
-squared euclidean of the given features (the seed's callers pass L2-normalised ones). Or distances: pass
-``q_g_dist`` [Q, G], ``q_q_dist`` [Q, Q], ``g_g_dist`` [G, G] (already *squared* if you want the seed's numbers:
-unlike torchreid's ``re_ranking`` we never square what we are given). Like the seed, V is stored in float16.
+Input: features (``probFea`` [Q, D], ``galFea`` [G, D], numpy or torch, any device: the neighbour search, V and the
+chunks are computed on the features' device), as the seed's: the distance is the squared euclidean of the given
+features (the seed's callers pass L2-normalised ones). Or distances: pass ``q_g_dist`` [Q, G], ``q_q_dist`` [Q, Q],
+``g_g_dist`` [G, G] (already *squared* if you want the seed's numbers: unlike torchreid's ``re_ranking`` we never
+square what we are given). Like the seed, V is stored in float16.
 
 One difference: the seed accumulates the Jaccard sums (and the Jaccard distance) in float16, we in float32, so
 re-ranked distances differ from the seed's by up to a few 1e-3 (the float16 rounding of sums near 1); with that
-term in float32 the seed's algorithm gives our numbers exactly (tests/test_rerank.py).
+term in float32 the seed's algorithm gives our numbers to 1e-6 (tests/test_rerank.py). On the CPU the weights
+exp(-d) / sum are computed by numpy (its exp and its row sums: the seed's bits, so V is the seed's V); on CUDA by
+torch (the same up to float ulps, which can move a float16 entry of V by one ulp).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+NEIGHBOUR_CHUNK_BYTES = 64 << 20  # one [rows, N] fp32 block of the neighbour search
+QUERY_CHUNK_BYTES = 32 << 20  # one [rows, N] fp32 block of a re-ranked query chunk
+PAIR_BUDGET = 1 << 21  # (query entry, gallery entry) pairs of V summed at once (~40 bytes each)
+EXPANSION_BLOCK = 1 << 18  # (item, candidate) pairs tested at once in the expansion rule
+
+RowsFn = Callable[[int, int], torch.Tensor]
+PairsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _feats(x, name: str) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
-    return t.to(device="cpu", dtype=torch.float32)
+    return t.to(dtype=torch.float32)
 
 
-def _neighbours(rows_fn, n: int, kq: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: the kq nearest (stable by index), their distances, and the row's largest distance."""
-    idx = torch.empty(n, kq, dtype=torch.int64)
-    val = torch.empty(n, kq, dtype=torch.float32)
-    mx = torch.empty(n, dtype=torch.float32)
+def _neighbours(rows_fn: RowsFn, n: int, kq: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the N x N distance: the kq nearest [N, kq] (ties by index), their distances [N, kq], and the
+    row's largest distance [N]; streamed over row blocks of NEIGHBOUR_CHUNK_BYTES."""
+    chunk = max(16, min(512, NEIGHBOUR_CHUNK_BYTES // (4 * n)))
+    kk = min(n, kq + 1)
+    idx = torch.empty(n, kq, dtype=torch.int64, device=device)
+    val = torch.empty(n, kq, dtype=torch.float32, device=device)
+    mx = torch.empty(n, dtype=torch.float32, device=device)
     for s in range(0, n, chunk):
         d = rows_fn(s, min(n, s + chunk))
-        mx[s : s + d.shape[0]] = d.max(1).values
-        v = torch.topk(d, kq, dim=1, largest=False, sorted=True).values
-        kth = v[:, -1:]
-        cand = d <= kth
-        if int(cand.sum(1).max()) == kq:
-            ii = torch.nonzero(cand)[:, 1].view(d.shape[0], kq)
-            vv = d.gather(1, ii)
-            o = torch.sort(vv, dim=1, stable=True).indices
-            ii, vv = ii.gather(1, o), vv.gather(1, o)
-        else:
-            o = torch.sort(d, dim=1, stable=True)
-            ii, vv = o.indices[:, :kq], o.values[:, :kq]
-        idx[s : s + d.shape[0]] = ii
-        val[s : s + d.shape[0]] = vv
+        e = s + d.shape[0]
+        mx[s:e] = torch.amax(d, 1)
+        tv, ti = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+        # rows whose kq-th and (kq+1)-th distances differ: their kq nearest are an unambiguous set, ordered by
+        # distance with ties by index (sort the set by index, then stably by distance); other rows: a stable sort
+        ok = tv[:, kq] > tv[:, kq - 1] if kk > kq else torch.zeros(d.shape[0], dtype=torch.bool, device=device)
+        ii = torch.sort(ti[:, :kq], dim=1).values
+        vv = d.gather(1, ii)
+        o = torch.sort(vv, dim=1, stable=True).indices
+        ii, vv = ii.gather(1, o), vv.gather(1, o)
+        bad = torch.nonzero(~ok).squeeze(1)
+        if bad.numel():
+            o = torch.sort(d[bad], dim=1, stable=True)
+            ii[bad], vv[bad] = o.indices[:, :kq], o.values[:, :kq]
+        idx[s:e] = ii
+        val[s:e] = vv
+        del d, tv, ti
     return idx, val, mx
 
 
-def re_ranking(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
-               q_g_dist=None, q_q_dist=None, g_g_dist=None) -> np.ndarray:
-    """Re-ranked query-gallery distance [Q, G] float32 (numpy), as the seed's ``re_ranking``."""
-    if k1 < 1 or k2 < 1:
-        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+def _member(sorted_keys: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every key: whether it is in ``sorted_keys`` (1-D, ascending) and its position there (clamped)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool), torch.zeros_like(keys)
+    pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[pos] == keys, pos
+
+
+def _reciprocal(knn: torch.Tensor, width: int) -> torch.Tensor:
+    """mask [N, width]: knn[i, a] is a k-reciprocal neighbour of i (i is among the first ``width`` of its row)."""
+    n = knn.shape[0]
+    fwd = knn[:, :width]
+    own = torch.arange(n, device=knn.device)[:, None]
+    keys = torch.sort((own * n + fwd).reshape(-1)).values
+    return _member(keys, (fwd * n + own).reshape(-1))[0].view(n, width)
+
+
+def _expansion(knn: torch.Tensor, kq: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's k-reciprocal expansion sets as sorted unique pairs (rows [M], cols [M], by row then column):
+    R(i) = k-reciprocal neighbours of i within k1+1, plus R_half(c) of every c in R(i) for which
+    |R_half(c) ∩ R(i)| > 2/3 |R_half(c)|, where R_half are the k-reciprocal sets within round(k1/2)+1."""
+    n = knn.shape[0]
+    dev = knn.device
+    rec = _reciprocal(knn, kq)
+    rec_half = _reciprocal(knn, half)
+    pi, pa = torch.nonzero(rec, as_tuple=True)  # (item, position) of every k-reciprocal pair
+    pc = knn[pi, pa]
+    rec_keys = pi * n + pc  # ascending in item; within an item in rank order
+    rec_sorted = torch.sort(rec_keys).values
+    extra = []
+    for s in range(0, pi.numel(), EXPANSION_BLOCK):
+        i, c = pi[s : s + EXPANSION_BLOCK], pc[s : s + EXPANSION_BLOCK]
+        cand = knn[c, :half]  # [P, half]: c's candidates, masked by c's half k-reciprocal set
+        hm = rec_half[c]
+        inter = hm & _member(rec_sorted, i[:, None] * n + cand)[0]
+        ln = hm.sum(1)
+        # np.intersect1d counts distinct values: both sets are distinct indices, so this is the count
+        accept = inter.sum(1).double() > (2 / 3) * ln.double()
+        take = hm & accept[:, None]
+        extra.append((i[:, None] * n + cand)[take])
+    keys = torch.unique(torch.cat([rec_keys] + extra)) if extra else rec_keys.new_empty(0)
+    del dev
+    return keys // n, keys % n
+
+
+def _row_sums_like_numpy(w: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Per entry, the sum of its row's entries ([M]; entries sorted by row). On the CPU as numpy's ``w[row].sum()``
+    (pairwise summation: the seed's bits), grouping rows by length so each group is one [R, L] axis-1 sum."""
+    counts = torch.bincount(rows, minlength=n)
+    start = torch.cumsum(counts, 0) - counts
+    if w.device.type != "cpu":
+        return torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, rows, w)[rows]
+    wn, cn, sn = w.numpy(), counts.numpy(), start.numpy()
+    sums = np.zeros(n, dtype=np.float32)
+    for length in np.unique(cn[cn > 0]):  # a loop over distinct row lengths (a few dozen), not over N
+        r = np.nonzero(cn == length)[0]
+        sums[r] = wn[sn[r][:, None] + np.arange(length)].sum(axis=1)
+    return torch.from_numpy(sums)[rows]
+
+
+def _exp_neg(d: torch.Tensor) -> torch.Tensor:
+    """exp(-d): numpy's float32 exp on the CPU (the seed's), torch's elsewhere."""
+    if d.device.type == "cpu":
+        return torch.from_numpy(np.exp(-d.numpy()))
+    return torch.exp(-d)
+
+
+@dataclass
+class Reranker:
+    """The state re-ranked distances are computed from, O(N·k1): the encodings V (float16 values held in float32)
+    as CSR rows (``v_ptr`` [N+1], ``v_col`` [M], ``v_val`` [M]), the gallery part of V by column (``g_ptr`` [N+1],
+    ``g_row`` [Mg] gallery indices, ``g_val`` [Mg]), the per-row scale [N] of the original distance, and ``rows``,
+    ``gallery_rows``, the original distances [e-s, G] of queries s..e-1 to the gallery. Build with
+    ``build_reranker``."""
+
+    nq: int
+    n: int
+    lam: float
+    v_ptr: torch.Tensor
+    v_col: torch.Tensor
+    v_val: torch.Tensor
+    g_ptr: torch.Tensor
+    g_row: torch.Tensor
+    g_val: torch.Tensor
+    scale: torch.Tensor
+    gallery_rows: RowsFn
+
+    @property
+    def ng(self) -> int:
+        return self.n - self.nq
+
+    def boundaries(self) -> list[int]:
+        """Query chunk edges: each chunk within QUERY_CHUNK_BYTES of [C, N] fp32 and PAIR_BUDGET pairs (a query
+        with more pairs than the budget gets a chunk of its own). A function of V only, so the dense and the
+        streamed results are computed by the same chunks (the same bits)."""
+        qcol = self.v_col[: int(self.v_ptr[self.nq])]
+        colcount = (self.g_ptr[1:] - self.g_ptr[:-1])[qcol]
+        qrow = torch.repeat_interleave(torch.arange(self.nq, device=qcol.device),
+                                       self.v_ptr[1 : self.nq + 1] - self.v_ptr[: self.nq])
+        per_q = torch.zeros(self.nq, dtype=torch.int64, device=qcol.device).index_add_(0, qrow, colcount)
+        cum = torch.cumsum(per_q, 0).cpu()
+        max_rows = max(1, QUERY_CHUNK_BYTES // (4 * self.n))
+        edges, s = [0], 0
+        while s < self.nq:
+            base = int(cum[s - 1]) if s > 0 else 0
+            e = int(torch.searchsorted(cum, torch.tensor(base + PAIR_BUDGET), right=True))
+            e = min(self.nq, max(e, s + 1), s + max_rows)
+            edges.append(e)
+            s = e
+        return edges
+
+    def chunk(self, s: int, e: int) -> torch.Tensor:
+        """Re-ranked distances [e-s, G] float32 of queries s..e-1: (1 - lam) * jaccard + lam * d / scale, with
+        jaccard = 1 - m / (2 - m), m_ij = sum_k min(V_ik, V_jk) over the k both rows encode."""
+        ng, dev = self.ng, self.v_val.device
+        a, b = int(self.v_ptr[s]), int(self.v_ptr[e])
+        qc, qv = self.v_col[a:b], self.v_val[a:b]
+        qr = torch.repeat_interleave(torch.arange(e - s, device=dev), self.v_ptr[s + 1 : e + 1] - self.v_ptr[s:e])
+        starts = self.g_ptr[qc]
+        cnt = self.g_ptr[qc + 1] - starts
+        rep = torch.repeat_interleave(torch.arange(qc.numel(), device=dev), cnt)
+        gpos = starts[rep] + torch.arange(rep.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[rep]
+        m = torch.zeros((e - s) * ng, dtype=torch.float32, device=dev)
+        # for each (query, gallery) pair the terms are added in ascending k (query entries are sorted by column)
+        m.index_add_(0, qr[rep] * ng + self.g_row[gpos], torch.minimum(qv[rep], self.g_val[gpos]))
+        del rep, gpos
+        m = m.view(e - s, ng)
+        jac = 1 - m / (2 - m)
+        orig = self.gallery_rows(s, e) / self.scale[s:e, None]
+        return jac * (1 - self.lam) + orig * self.lam
+
+    def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(s, e, re-ranked distances [e-s, G]) for every query chunk, in order."""
+        edges = self.boundaries()
+        for s, e in zip(edges[:-1], edges[1:], strict=True):
+            yield s, e, self.chunk(s, e)
+
+
+def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
+            ) -> tuple[RowsFn, RowsFn, PairsFn, int, int, torch.device]:
+    """(rows(s, e) -> [e-s, N] original distances of stacked rows, gallery_rows(s, e) -> [e-s, G] those of
+    queries to the gallery, pairs(i [P], j [P]) -> [P], nq, n, device)."""
     if probFea is not None and galFea is not None:
         q, g = _feats(probFea, "probFea"), _feats(galFea, "galFea")
         if q.shape[1] != g.shape[1]:
             raise ValueError(f"probFea and galFea dims differ: {q.shape[1]} vs {g.shape[1]}")
+        if q.device != g.device:
+            raise ValueError(f"probFea and galFea are on different devices: {q.device} vs {g.device}")
         feat = torch.cat([q, g])
-        nq = q.shape[0]
         sq = feat.pow(2).sum(1, keepdim=True)
+        nq = q.shape[0]
 
         def rows(s: int, e: int) -> torch.Tensor:
             # the seed's addmm form over the stacked features: |a|^2 + |b|^2 - 2 a.b
             return (sq[s:e].expand(e - s, feat.shape[0]) + sq.t()).addmm_(feat[s:e], feat.t(), beta=1, alpha=-2)
 
-        def pairs(i: int, cols: torch.Tensor) -> torch.Tensor:
-            return (sq[i] + sq[cols, 0]) - 2 * (feat[cols] @ feat[i])
-    elif q_g_dist is not None and q_q_dist is not None and g_g_dist is not None:
-        qg = torch.as_tensor(np.asarray(q_g_dist), dtype=torch.float32)
-        qq = torch.as_tensor(np.asarray(q_q_dist), dtype=torch.float32)
-        gg = torch.as_tensor(np.asarray(g_g_dist), dtype=torch.float32)
+        def gallery_rows(s: int, e: int) -> torch.Tensor:
+            gal, gsq = feat[nq:], sq[nq:]
+            return (sq[s:e].expand(e - s, gal.shape[0]) + gsq.t()).addmm_(feat[s:e], gal.t(), beta=1, alpha=-2)
+
+        def pairs(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(i.numel(), dtype=torch.float32, device=feat.device)
+            for s in range(0, i.numel(), 4096):
+                a, b = feat[i[s : s + 4096]], feat[j[s : s + 4096]]
+                dot = torch.bmm(b.unsqueeze(1), a.unsqueeze(2)).view(-1)
+                out[s : s + 4096] = (sq[i[s : s + 4096], 0] + sq[j[s : s + 4096], 0]) - 2 * dot
+            return out
+
+        return rows, gallery_rows, pairs, nq, feat.shape[0], feat.device
+    if q_g_dist is not None and q_q_dist is not None and g_g_dist is not None:
+        def dist(x, name):
+            t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+            if t.dim() != 2:
+                raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+            return t.to(torch.float32)
+
+        qg, qq, gg = dist(q_g_dist, "q_g_dist"), dist(q_q_dist, "q_q_dist"), dist(g_g_dist, "g_g_dist")
         nq = qg.shape[0]
         if qq.shape != (nq, nq) or gg.shape != (qg.shape[1], qg.shape[1]):
             raise ValueError(f"distance shapes disagree: q_g {tuple(qg.shape)}, q_q {tuple(qq.shape)}, "
                              f"g_g {tuple(gg.shape)}")
-        full_top = torch.cat([qq, qg], 1)
-        full_bot = torch.cat([qg.t(), gg], 1)
-
-        def pairs(i: int, cols: torch.Tensor) -> torch.Tensor:
-            return rows(i, i + 1)[0, cols]
+        gg, qq = gg.to(qg.device), qq.to(qg.device)
+        n = nq + qg.shape[1]
 
         def rows(s: int, e: int) -> torch.Tensor:
             parts = []
             if s < nq:
-                parts.append(full_top[s : min(e, nq)])
+                parts.append(torch.cat([qq[s : min(e, nq)], qg[s : min(e, nq)]], 1))
             if e > nq:
-                parts.append(full_bot[max(s, nq) - nq : e - nq])
+                lo = max(s, nq) - nq
+                parts.append(torch.cat([qg[:, lo : e - nq].t(), gg[lo : e - nq]], 1))
             return torch.cat(parts)
-    else:
-        raise ValueError("give probFea and galFea (features), or q_g_dist, q_q_dist and g_g_dist (distances)")
-    n = nq + (rows(0, 1).shape[1] - nq)
+
+        def pairs(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(i.numel(), dtype=torch.float32, device=qg.device)
+            iq, jq = i < nq, j < nq
+            for mi, mj, blk, oi, oj in ((iq, jq, qq, 0, 0), (iq, ~jq, qg, 0, nq), (~iq, jq, qg.t(), nq, 0),
+                                        (~iq, ~jq, gg, nq, nq)):
+                sel = mi & mj
+                out[sel] = blk[i[sel] - oi, j[sel] - oj]
+            return out
+
+        def gallery_rows(s: int, e: int) -> torch.Tensor:
+            return qg[s:e]
+
+        return rows, gallery_rows, pairs, nq, n, qg.device
+    raise ValueError("give probFea and galFea (features), or q_g_dist, q_q_dist and g_g_dist (distances)")
+
+
+def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
+                   q_g_dist=None, q_q_dist=None, g_g_dist=None) -> Reranker:
+    """The k-reciprocal encodings of the stacked query + gallery set, in O(N·k1) memory (arguments: ``re_ranking``).
+    Iterate ``.chunks()`` for the re-ranked distances query chunk by query chunk."""
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    rows, gallery_rows, pairs, nq, n, dev = _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist)
     if nq == 0 or n == nq:
         raise ValueError("re-ranking needs a non-empty query set and gallery")
     kq = min(n, k1 + 1)
-    knn, knn_d, rowmax = _neighbours(rows, n, kq)
+    knn, knn_d, rowmax = _neighbours(rows, n, kq, dev)
     # the seed divides row i by the largest distance in column i of a symmetric matrix: the row's own maximum
     scale = torch.where(rowmax > 0, rowmax, torch.ones_like(rowmax))
     knn_nd = knn_d / scale[:, None]
-    half = int(np.around(k1 / 2)) + 1
-    half = min(half, kq)
-    knn_l = knn.numpy()
-    # k-reciprocal sets: j in R(i) iff j is in i's k1+1 and i is in j's k1+1
-    rec = []
-    for i in range(n):
-        fwd = knn_l[i, :kq]
-        rec.append(fwd[(knn_l[fwd, :kq] == i).any(1)])
-    rec_half = []
-    for i in range(n):
-        fwd = knn_l[i, :half]
-        rec_half.append(fwd[(knn_l[fwd, :half] == i).any(1)])
-    rows_v, cols_v, vals_v = [], [], []
-    for i in range(n):
-        r = rec[i]
-        exp = [r]
-        for cnd in r:
-            cr = rec_half[cnd]
-            if len(np.intersect1d(cr, r)) > 2 / 3 * len(cr):
-                exp.append(cr)
-        e = np.unique(np.concatenate(exp))
-        # weights use the normalised distances of i's row: gather them (the expansion can leave i's k1+1)
-        d = _row_dists(pairs, i, e, knn_l[i], knn_nd[i].numpy(), float(scale[i]))
-        w = np.exp(-d)
-        rows_v.append(np.full(len(e), i))
-        cols_v.append(e)
-        vals_v.append((w / w.sum()).astype(np.float16))
-    ri = np.concatenate(rows_v)
-    ci = np.concatenate(cols_v)
-    vv = np.concatenate(vals_v).astype(np.float32)
-    V = torch.sparse_coo_tensor(torch.from_numpy(np.stack([ri, ci])), torch.from_numpy(vv), (n, n),
-                                check_invariants=False).coalesce()
+    half = min(int(np.around(k1 / 2)) + 1, kq)
+    vr, vc = _expansion(knn, kq, half)
+    # weights use the normalised distances of i's row: from its k-NN list, else computed (the expansion can leave it)
+    own = torch.arange(n, device=dev)[:, None]
+    kkeys, korder = torch.sort((own * n + knn).reshape(-1))
+    found, pos = _member(kkeys, vr * n + vc)
+    d = torch.empty(vr.numel(), dtype=torch.float32, device=dev)
+    d[found] = knn_nd.reshape(-1)[korder[pos[found]]]
+    if not bool(found.all()):
+        miss = ~found
+        d[miss] = pairs(vr[miss], vc[miss]) / scale[vr[miss]]
+    w = _exp_neg(d)
+    vals = (w / _row_sums_like_numpy(w, vr, n)).half().float()
     if k2 != 1:
         # query expansion: V_i <- mean of V over i's k2 nearest, kept in float16 as the seed. As numpy's float16
         # mean: the fp32 sum, divided by k2 in fp32, rounded to float16 (the sparse sum adds the neighbours in index
         # order, numpy in rank order: the same bits unless a sum of float16 addends needs more than fp32's 24 bits)
         k2e = min(k2, kq)
+        V = torch.sparse_coo_tensor(torch.stack([vr, vc]), vals, (n, n), check_invariants=False)  # noqa: N806
         sel = torch.sparse_coo_tensor(
-            torch.stack([torch.arange(n).repeat_interleave(k2e), knn[:, :k2e].reshape(-1)]),
-            torch.ones(n * k2e), (n, n), check_invariants=False,
+            torch.stack([torch.arange(n, device=dev).repeat_interleave(k2e), knn[:, :k2e].reshape(-1)]),
+            torch.ones(n * k2e, device=dev), (n, n), check_invariants=False,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's "sparse support is in beta" notice
-            V = torch.sparse.mm(sel, V).coalesce()
-        V = torch.sparse_coo_tensor(V.indices(), (V.values() / k2e).half().float(), (n, n),
-                                    check_invariants=False).coalesce()
-    return _jaccard_final(V, rows, nq, n, lambda_value, scale)
+            V = torch.sparse.mm(sel, V.coalesce()).coalesce()  # noqa: N806
+        vr, vc = V.indices()[0], V.indices()[1]
+        vals = (V.values() / k2e).half().float()
+        nz = vals != 0  # (an exact float16 zero carries no weight)
+        vr, vc, vals = vr[nz], vc[nz], vals[nz]
+        del V, sel
+    v_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    v_ptr[1:] = torch.cumsum(torch.bincount(vr, minlength=n), 0)
+    gm = vr >= nq
+    gr, gcol, gval = vr[gm] - nq, vc[gm], vals[gm]
+    go = torch.argsort(gcol, stable=True)  # by column, gallery rows ascending within a column
+    g_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    g_ptr[1:] = torch.cumsum(torch.bincount(gcol, minlength=n), 0)
+    return Reranker(nq=nq, n=n, lam=float(lambda_value), v_ptr=v_ptr, v_col=vc, v_val=vals, g_ptr=g_ptr,
+                    g_row=gr[go], g_val=gval[go], scale=scale, gallery_rows=gallery_rows)
 
 
-def _row_dists(pairs, i: int, cols: np.ndarray, knn_i: np.ndarray, knn_nd_i: np.ndarray, scale: float) -> np.ndarray:
-    """Normalised distances from item i to ``cols``: from its k-NN list where possible, else computed."""
-    out = np.empty(len(cols), dtype=np.float32)
-    where = np.searchsorted(np.sort(knn_i), cols)
-    srt = np.argsort(knn_i, kind="stable")
-    found = (where < len(knn_i)) & (np.sort(knn_i)[np.minimum(where, len(knn_i) - 1)] == cols)
-    out[found] = knn_nd_i[srt[where[found]]]
-    if not found.all():
-        out[~found] = (pairs(i, torch.from_numpy(cols[~found])) / scale).numpy()
+def re_ranking(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
+               q_g_dist=None, q_q_dist=None, g_g_dist=None) -> np.ndarray:
+    """Re-ranked query-gallery distance [Q, G] float32 (numpy), as the seed's ``re_ranking``: the chunks of
+    ``build_reranker(...).chunks()`` put together (use those to stay out of Q×G memory)."""
+    rr = build_reranker(probFea, galFea, k1, k2, lambda_value, q_g_dist=q_g_dist, q_q_dist=q_q_dist,
+                        g_g_dist=g_g_dist)
+    out = np.empty((rr.nq, rr.ng), dtype=np.float32)
+    for s, e, d in rr.chunks():
+        out[s:e] = d.cpu().numpy()
     return out
-
-
-def _jaccard_final(V: torch.Tensor, rows, nq: int, n: int, lam: float, scale: torch.Tensor) -> np.ndarray:
-    """final = (1 - lam) * jaccard + lam * normalised original, over query x gallery; jaccard = 1 - m / (2 - m)
-    with m_ij = sum_k min(V_ik, V_jk), non-zero only where rows i and j share an encoded neighbour."""
-    ng = n - nq
-    idx, val = V.indices(), V.values()
-    r, c = idx[0], idx[1]
-    qmask = r < nq
-    # group by column k: for every k, pair each query entry with each gallery entry
-    qr, qc, qv = r[qmask], c[qmask], val[qmask]
-    gr, gc, gv = r[~qmask] - nq, c[~qmask], val[~qmask]
-    go = torch.argsort(gc, stable=True)
-    gr, gc, gv = gr[go], gc[go], gv[go]
-    starts = torch.searchsorted(gc, qc, side="left")
-    ends = torch.searchsorted(gc, qc, side="right")
-    cnt = ends - starts
-    rep_q = torch.repeat_interleave(torch.arange(qc.numel()), cnt)
-    offs = torch.arange(int(cnt.sum())) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
-    gpos = starts[rep_q] + offs
-    m = torch.zeros(nq * ng, dtype=torch.float32)
-    m.index_add_(0, qr[rep_q] * ng + gr[gpos], torch.minimum(qv[rep_q], gv[gpos]))
-    m = m.view(nq, ng)
-    jac = 1 - m / (2 - m)
-    out = torch.empty(nq, ng, dtype=torch.float32)
-    for s in range(0, nq, 1024):
-        e = min(nq, s + 1024)
-        orig = rows(s, e)[:, nq:] / scale[s:e, None]
-        out[s:e] = jac[s:e] * (1 - lam) + orig * lam
-    return out.numpy()

@@ -1,0 +1,144 @@
+"""Streamed, vectorised k-reciprocal re-ranking (issue 27): ``evaluate(rerank=True)`` goes query chunk by query
+chunk and never holds a Q×G array; it equals the dense oracle (the seed's algorithm with fp32 Jaccard sums,
+tests/helpers/rerank_cases.py) to 1e-6 in distance and exactly in CMC / mAP on ties, k1 larger than the gallery,
+duplicate features and a single query; the streamed evaluation equals evaluating the dense re-ranked matrix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from helpers.eval_cases import exact_rows
+from helpers.rerank_cases import dense_rerank_fp32_jaccard
+
+import fastccreid.rerank as rerank_mod
+from fastccreid.metrics import evaluate
+from fastccreid.rerank import build_reranker, re_ranking
+
+
+def _case(kind: str, seed: int = 0):
+    """(q [Q, D], g [G, D], labels) for one edge case; features already as evaluate(normalize=False) uses them."""
+    gen = torch.Generator().manual_seed(seed)
+    nq, ng, d, nid = {"random": (20, 70, 16, 10), "ties": (18, 60, 12, 8), "tiny": (3, 9, 6, 3),
+                      "duplicates": (16, 60, 16, 8), "single": (1, 40, 16, 6)}[kind]
+    if kind == "ties":  # every distance exact in fp32: many exact ties, broken by index everywhere
+        q, g = exact_rows(gen, nq, d, nnz=2), exact_rows(gen, ng, d, nnz=2)
+    else:
+        cent = torch.randn(nid, d, generator=gen)
+        q = cent[torch.randint(0, nid, (nq,), generator=gen)] + 0.6 * torch.randn(nq, d, generator=gen)
+        g = cent[torch.randint(0, nid, (ng,), generator=gen)] + 0.6 * torch.randn(ng, d, generator=gen)
+        q, g = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
+    if kind == "duplicates":  # exact copies inside the gallery and between query and gallery
+        g[1::4] = g[0::4][: g[1::4].shape[0]]
+        q[:4] = g[8:12]
+    # labels from the features' nearest gallery item so that most queries have matches
+    qp = torch.randint(0, nid, (nq,), generator=gen)
+    gp = torch.randint(0, nid, (ng,), generator=gen)
+    gp[: min(nq, ng)] = qp[: min(nq, ng)]
+    lab = dict(q_pids=qp, g_pids=gp, q_camids=torch.zeros(nq, dtype=torch.int64),
+               g_camids=torch.randint(0, 3, (ng,), generator=gen) + 1,
+               q_clothes=torch.randint(0, 2, (nq,), generator=gen), g_clothes=torch.randint(0, 2, (ng,), generator=gen))
+    return q, g, lab
+
+
+CASES = [("random", 20, 6, 0.3), ("random", 8, 3, 0.5), ("ties", 20, 6, 0.3), ("ties", 6, 1, 0.3),
+         ("tiny", 20, 6, 0.3), ("duplicates", 20, 6, 0.3), ("duplicates", 5, 2, 0.7), ("single", 20, 6, 0.3)]
+
+
+@pytest.mark.parametrize("kind,k1,k2,lam", CASES)
+def test_equals_dense_oracle(kind, k1, k2, lam):
+    """re_ranking to 1e-6 of the oracle; evaluate(rerank=True) (streamed) exactly the oracle matrix's CMC / mAP."""
+    q, g, lab = _case(kind)
+    want = dense_rerank_fp32_jaccard(q, g, k1, k2, lam)
+    got = re_ranking(q, g, k1=k1, k2=k2, lambda_value=lam)
+    assert got.shape == want.shape == (q.shape[0], g.shape[0])
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    for protocol in ("market", "ltcc-cc"):
+        a = evaluate(torch.from_numpy(want), protocol=protocol, **lab)
+        b = evaluate(qf=q, gf=g, protocol=protocol, normalize=False, rerank=True, rerank_k1=k1, rerank_k2=k2,
+                     rerank_lambda=lam, return_per_query=True, **lab)
+        c = evaluate(torch.from_numpy(got), protocol=protocol, return_per_query=True, **lab)
+        assert a.mAP == b.mAP and a.mINP == b.mINP and np.array_equal(a.cmc, b.cmc)
+        assert np.array_equal(b.all_AP, c.all_AP) and np.array_equal(b.valid_query_index, c.valid_query_index)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_many_chunks_and_blocks(monkeypatch, kind):
+    """Tiny budgets (one query per chunk, 16-row neighbour blocks, expansion blocks of 7 pairs): within fp32 ulps
+    of one chunk (BLAS products of other shapes round differently), the same bits where every distance is exact,
+    and the streamed evaluation equals evaluating the dense matrix made of the same chunks: the same CMC, and the
+    same mAP to 1e-12 (``rank_stats`` itself sums a query's precisions in an order that depends on its chunk's
+    padded match width: the last bit of an AP can move with the query chunking, on any input)."""
+    q, g, lab = _case(kind, seed=3)
+    one = re_ranking(q, g)
+    monkeypatch.setattr(rerank_mod, "QUERY_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rerank_mod, "NEIGHBOUR_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rerank_mod, "PAIR_BUDGET", 64)
+    monkeypatch.setattr(rerank_mod, "EXPANSION_BLOCK", 7)
+    rr = build_reranker(q, g)
+    assert len(rr.boundaries()) - 1 == q.shape[0]  # one query per chunk
+    many = np.concatenate([d.numpy() for _, _, d in rr.chunks()])
+    if kind == "ties":
+        np.testing.assert_array_equal(many, one)
+    else:
+        np.testing.assert_allclose(many, one, atol=1e-6, rtol=0)
+    a = evaluate(torch.from_numpy(re_ranking(q, g)), **lab)
+    b = evaluate(qf=q, gf=g, normalize=False, rerank=True, **lab)
+    assert abs(a.mAP - b.mAP) <= 1e-12 and np.array_equal(a.cmc, b.cmc)
+
+
+def test_distance_input_with_exact_ties():
+    q, g, _ = _case("ties", seed=1)
+
+    def sq(a, b):
+        return ((a[:, None, :] - b[None]) ** 2).sum(-1)
+
+    a = re_ranking(q, g, k1=8, k2=3)
+    b = re_ranking(q_g_dist=sq(q, g), q_q_dist=sq(q, q), g_g_dist=sq(g, g), k1=8, k2=3)
+    np.testing.assert_array_equal(a, b)  # every distance exact: the two inputs give the same bits
+
+
+def test_bad_distance_input():
+    with pytest.raises(ValueError, match="q_g_dist"):
+        re_ranking(q_g_dist=np.zeros(3), q_q_dist=np.zeros((3, 3)), g_g_dist=np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="shapes disagree"):
+        re_ranking(q_g_dist=np.zeros((3, 4)), q_q_dist=np.zeros((3, 3)), g_g_dist=np.zeros((5, 5)))
+
+
+PROBE = textwrap.dedent("""
+    import resource, sys
+    import torch
+    import fastccreid.rerank as R
+    from fastccreid.metrics import evaluate
+    R.NEIGHBOUR_CHUNK_BYTES = R.QUERY_CHUNK_BYTES = 8 << 20
+    nq, ng, d, nid = 3000, 8000, 16, 400
+    gen = torch.Generator().manual_seed(0)
+    cent = torch.randn(nid, d, generator=gen)
+    qp, gp = torch.randint(0, nid, (nq,), generator=gen), torch.randint(0, nid, (ng,), generator=gen)
+    q = cent[qp] + 0.5 * torch.randn(nq, d, generator=gen)
+    g = cent[gp] + 0.5 * torch.randn(ng, d, generator=gen)
+    qc, gc = torch.zeros(nq, dtype=torch.int64), torch.ones(ng, dtype=torch.int64)
+    # warm-up on a smaller problem (libraries, allocator pools), then the peak RSS growth of the real one
+    evaluate(qf=q[:300], gf=g[:600], q_pids=qp[:300], g_pids=gp[:600], q_camids=qc[:300], g_camids=gc[:600],
+             rerank=True)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    r = evaluate(qf=q, gf=g, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, rerank=True)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, nq * ng * 4, r.mAP)
+""")
+
+
+def test_streamed_evaluation_never_holds_q_by_g():
+    """Q 3,000 x G 8,000 with 8 MiB chunk budgets: a dense Q×G float32 is 96 MB; the evaluation's peak RSS growth
+    (fresh process, after a warm-up) must stay under 3/4 of that, so allocating one (the old dense path held three)
+    fails the test. Measured ~45 MB."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
+    grew, dense, m_ap = out.stdout.split()
+    assert 0 < float(m_ap) <= 1
+    assert int(grew) < 0.75 * int(dense), f"peak RSS grew by {int(grew) / 2**20:.0f} MiB; a dense Q×G is " \
+                                          f"{int(dense) / 2**20:.0f} MiB"
