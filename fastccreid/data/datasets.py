@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from fastccreid.data.records import ImageRecord, ReIDDataset
 
@@ -194,7 +195,7 @@ def parse_celeb(root: str) -> ReIDDataset:
     nq = len(rows["query"])
     query = [ImageRecord(p, pid, i, pid) for i, (p, pid) in enumerate(rows["query"])]
     gallery = [ImageRecord(p, pid, nq + i, pid) for i, (p, pid) in enumerate(rows["gallery"])]
-    return ReIDDataset(name, root, train, query, gallery, len(pids), len(pids))
+    return ReIDDataset(name, root, train, query, gallery, len(pids), len(pids), clothes_labelled=False)
 
 
 _MARKET_IDS = re.compile(r"([-\d]+)_c(\d)")
@@ -224,7 +225,7 @@ def parse_market1501(root: str) -> ReIDDataset:
     train = [ImageRecord(p, pids[pid], cam, pids[pid]) for p, pid, cam in rows["bounding_box_train"]]
     query = [ImageRecord(p, pid, cam, pid) for p, pid, cam in rows["query"]]
     gallery = [ImageRecord(p, pid, cam, pid) for p, pid, cam in rows["bounding_box_test"]]
-    return ReIDDataset(name, root, train, query, gallery, len(pids), len(pids))
+    return ReIDDataset(name, root, train, query, gallery, len(pids), len(pids), clothes_labelled=False)
 
 
 def _read_list(name: str, list_path: str) -> list[str]:
@@ -269,7 +270,7 @@ def parse_msmt17(root: str) -> ReIDDataset:
     query = parse(dirs[1], "list_query.txt")
     gallery = parse(dirs[1], "list_gallery.txt")
     num_pids = len({r.pid for r in train})
-    return ReIDDataset(name, root, train, query, gallery, num_pids, num_pids)
+    return ReIDDataset(name, root, train, query, gallery, num_pids, num_pids, clothes_labelled=False)
 
 
 def parse_deepchange(root: str) -> ReIDDataset:
@@ -330,7 +331,7 @@ def parse_last(root: str) -> ReIDDataset:
     nq = len(query_paths)
     query = [ImageRecord(p, parse(p)[0], i, parse(p)[0]) for i, p in enumerate(query_paths)]
     gallery = [ImageRecord(p, parse(p)[0], nq + i, parse(p)[0]) for i, p in enumerate(gallery_paths)]
-    return ReIDDataset(name, root, train, query, gallery, len(pids), len(clothes))
+    return ReIDDataset(name, root, train, query, gallery, len(pids), len(clothes), clothes_labelled=False)
 
 
 _VC_IDS = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)")
@@ -360,6 +361,252 @@ def parse_vcclothes(root: str) -> ReIDDataset:
     return ReIDDataset(name, root, train, query, gallery, len(pids), len(clothes))
 
 
+MANIFEST = "manifest"
+# Every name ``build_dataset`` takes: the public layouts and the bring-your-own-data manifest.
+DATASET_CHOICES = (*DATASET_NAMES, MANIFEST)
+MANIFEST_REQUIRED = ("path", "pid", "camid", "split")
+MANIFEST_COLUMNS = (*MANIFEST_REQUIRED, "clothes_id")
+MANIFEST_SPLITS = ("train", "query", "gallery", "query_same", "query_diff")
+LAYOUTS[MANIFEST] = ("a CSV file whose header names path,pid,camid,split[,clothes_id] (or JSON Lines, one object "
+                     "with those keys a line); split in " + ", ".join(MANIFEST_SPLITS) + "; integer ids; relative "
+                     "paths resolve against the manifest's folder")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read: the message is one line ``FILE:LINE: problem`` (``FILE: problem`` where no
+    single line is at fault, e.g. a split with no rows)."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One manifest row as written: its line number (1-based, the CSV header is line 1), the path as resolved
+    against the manifest's folder, the raw ids and the split. ``clothes_id`` is None when the manifest has no
+    clothes column."""
+
+    line: int
+    path: str
+    pid: int
+    camid: int
+    split: str
+    clothes_id: int | None
+
+
+@dataclass
+class ManifestRows:
+    """A manifest read row by row: the good rows, one ``ManifestError`` per bad row (``problems``), and whether a
+    clothes column exists."""
+
+    path: str
+    rows: list[ManifestRow]
+    problems: list[ManifestError]
+    has_clothes: bool
+
+
+def _manifest_int(text: object) -> int | None:
+    """An integer cell: a JSON int or decimal text (sign allowed, surrounding blanks ignored); None otherwise."""
+    if type(text) is int:
+        return text
+    if isinstance(text, str) and "_" not in text:  # int() alone would take '1_000'
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _check_columns(path: str, line: int, names: list[str]) -> None:
+    """The header (CSV) or one object's keys (JSONL): every required column, nothing unknown, nothing twice."""
+    for col in names:
+        if col not in MANIFEST_COLUMNS:
+            raise ManifestError(path, line, f"unknown column {col!r}; columns are {', '.join(MANIFEST_REQUIRED)} and "
+                                            f"optionally clothes_id")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise ManifestError(path, line, f"column {dup[0]!r} given twice")
+    missing = [c for c in MANIFEST_REQUIRED if c not in names]
+    if missing:
+        raise ManifestError(path, line, f"missing column {missing[0]!r}; the header must name "
+                                        f"{', '.join(MANIFEST_REQUIRED)} (and optionally clothes_id)")
+
+
+def _manifest_records(path: str) -> Iterable[tuple[int, dict[str, object] | None, str | None]]:
+    """(line, {column: value} or None, problem or None) for each non-blank row of a CSV or JSON Lines manifest
+    (JSON Lines when the first non-blank character is ``{``). File-level problems raise ManifestError."""
+    import csv
+    import json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest: no such file {path!r}. Expected: {LAYOUTS[MANIFEST]}")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ManifestError(path, _decode_error_line(e), "not UTF-8 text") from None
+    first = text.lstrip()[:1]
+    if not first:
+        raise ManifestError(path, None, f"empty manifest. Expected: {LAYOUTS[MANIFEST]}")
+    if first == "{":
+        columns: list[str] | None = None
+        for i, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                yield i, None, f"not a JSON object ({e.msg})"
+                continue
+            if not isinstance(obj, dict):
+                yield i, None, f"not a JSON object (a {type(obj).__name__})"
+                continue
+            if columns is None:  # the first object fixes the columns, as a CSV header does
+                columns = list(obj)
+                _check_columns(path, i, columns)
+            missing = [c for c in columns if c not in obj]
+            extra = [c for c in obj if c not in columns]
+            if missing or extra:
+                yield i, None, (f"missing key {missing[0]!r}" if missing else f"key {extra[0]!r} not in the first "
+                                f"row's keys ({', '.join(columns)})")
+                continue
+            yield i, obj, None
+        return
+    reader = csv.reader(text.splitlines(keepends=True))
+    header: list[str] = []
+    while not any(h.strip() for h in header):  # blank lines before the header
+        header = [h.strip() for h in next(reader)]
+    _check_columns(path, reader.line_num, header)
+    for fields in reader:
+        line = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            yield line, None, f"{len(fields)} fields, the header has {len(header)} ({','.join(header)})"
+            continue
+        yield line, dict(zip(header, fields, strict=True)), None
+
+
+def _decode_error_line(e: UnicodeDecodeError) -> int:
+    """The 1-based line of a UTF-8 decode error."""
+    return e.object[: e.start].count(b"\n") + 1
+
+
+def read_manifest(path: str | os.PathLike[str]) -> ManifestRows:
+    """Read a manifest row by row, collecting one error per bad row (bad or missing value, unknown split, a path
+    whose folder does not exist) instead of stopping at the first, so ``fastccreid data check`` can list them all.
+    Problems with the file as a whole (no such file, empty, a missing or unknown column) raise ManifestError."""
+    path = os.fspath(path)
+    base = os.path.dirname(path)
+    rows: list[ManifestRow] = []
+    problems: list[ManifestError] = []
+    folders: dict[str, bool] = {}
+    has_clothes = False
+    splits = frozenset(MANIFEST_SPLITS)
+    for line, rec, problem in _manifest_records(path):
+        if rec is None:
+            problems.append(ManifestError(path, line, problem or "bad row"))
+            continue
+        has_clothes = "clothes_id" in rec
+        pid, camid = _manifest_int(rec["pid"]), _manifest_int(rec["camid"])
+        clothes = _manifest_int(rec["clothes_id"]) if has_clothes else 0
+        split, rel = rec["split"], rec["path"]
+        split = split.strip() if isinstance(split, str) else split
+        rel = rel.strip() if isinstance(rel, str) else rel
+        col = next((c for c, v in (("pid", pid), ("camid", camid), ("clothes_id", clothes)) if v is None), None)
+        if col is not None:
+            problems.append(ManifestError(path, line, f"{col} must be an integer, got {rec[col]!r}"))
+            continue
+        if split not in splits:
+            problems.append(ManifestError(path, line, f"split must be one of {', '.join(MANIFEST_SPLITS)}, got "
+                                                      f"{rec['split']!r}"))
+            continue
+        if not isinstance(rel, str) or not rel:
+            problems.append(ManifestError(path, line, f"path must be a non-empty file path, got {rec['path']!r}"))
+            continue
+        full = os.path.join(base, rel)
+        parent = os.path.dirname(full)
+        ok = folders.get(parent)
+        if ok is None:  # one isdir per folder, not per row
+            ok = folders[parent] = os.path.isdir(parent or ".")
+        if not ok:
+            problems.append(ManifestError(path, line, f"path {rel!r} is outside any existing folder "
+                                                      f"({os.path.abspath(parent)!r} does not exist; relative paths "
+                                                      f"resolve against the manifest's folder)"))
+            continue
+        rows.append(ManifestRow(line, full, pid, camid, split, clothes if has_clothes else None))
+    return ManifestRows(path, rows, problems, has_clothes)
+
+
+def manifest_dataset(mr: ManifestRows) -> tuple[ReIDDataset, dict[str, list[int]]]:
+    """The dataset of a manifest's good rows, and each split's manifest line numbers (in the records' order; PRCC-
+    style sets: ``query`` is ``query_diff``). Train pids and outfits ((pid, clothes_id) pairs) are relabelled 0..N-1
+    in sorted order (the classifier's labels); query and gallery ids stay as written. Without a clothes column,
+    clothes_id = pid (as the public parsers do for unlabelled sets) and ``clothes_labelled`` is False. A split
+    without rows raises ManifestError: train and gallery are needed, and query, or both query_same and query_diff."""
+    by_split: dict[str, list[ManifestRow]] = {s: [] for s in MANIFEST_SPLITS}
+    for r in mr.rows:
+        by_split[r.split].append(r)
+    prcc_style = bool(by_split["query_same"] or by_split["query_diff"])
+    if prcc_style and by_split["query"]:
+        first = by_split["query"][0].line
+        raise ManifestError(mr.path, first, "split 'query' mixed with query_same/query_diff: use either query, or "
+                                            "query_same and query_diff (PRCC-style)")
+    needed = ("train", "gallery", "query_same", "query_diff") if prcc_style else ("train", "query", "gallery")
+    for s in needed:
+        if not by_split[s]:
+            raise ManifestError(mr.path, None, f"empty split {s!r}: no good rows with split {s!r} (a manifest needs "
+                                               f"train, query and gallery rows, or train, gallery, query_same and "
+                                               f"query_diff rows)")
+
+    def clothes(r: ManifestRow) -> int:
+        return r.pid if r.clothes_id is None else r.clothes_id
+
+    pids = _labels(r.pid for r in by_split["train"])
+    # An outfit is (pid, clothes_id): clothes ids need only differ within a person (0, 1, 2 per person is fine).
+    train_clothes = _labels((r.pid, clothes(r)) for r in by_split["train"])
+    train = [ImageRecord(r.path, pids[r.pid], r.camid, train_clothes[(r.pid, clothes(r))]) for r in by_split["train"]]
+    test = {s: [ImageRecord(r.path, r.pid, r.camid, clothes(r)) for r in by_split[s]]
+            for s in ("query", "gallery", "query_same", "query_diff")}
+    query_key = "query_diff" if prcc_style else "query"
+    ds = ReIDDataset(MANIFEST, mr.path, train, test[query_key], test["gallery"], len(pids), len(train_clothes),
+                     query_same=test["query_same"], query_diff=test["query_diff"], clothes_labelled=mr.has_clothes)
+    lines = {s: [r.line for r in by_split[s]] for s in MANIFEST_SPLITS}
+    lines["query"] = lines[query_key]
+    return ds, lines
+
+
+def parse_manifest(path: str) -> ReIDDataset:
+    """A manifest (README "Your own data"): CSV with header ``path,pid,camid,split[,clothes_id]`` or the same as
+    JSON Lines. Raises ManifestError (one line: file, line, problem) at the first bad row or empty split."""
+    mr = read_manifest(path)
+    if mr.problems:
+        raise mr.problems[0]
+    return manifest_dataset(mr)[0]
+
+
+def manifest_location(root: str, filename: str) -> str:
+    """The manifest named by ``--dataset_root`` (a file) or by ``--dataset_root DIR --dataset_filename NAME``."""
+    if filename and os.path.isdir(root):
+        return os.path.join(root, filename)
+    return root
+
+
+def default_settings(dataset: ReIDDataset) -> list[tuple[str, str, str]]:
+    """(setting name, protocol, query set) of each evaluation the seed reports for ``dataset``, the first being the
+    one 'best' checkpoints are picked by: PRCC-style sets same-clothes and clothes-changing (whole gallery), LTCC /
+    VC-Clothes and clothes-labelled manifests general and clothes-changing, Celeb-reID its own, the rest market."""
+    name = dataset.name.lower()
+    if dataset.query_same or dataset.query_diff or name == "prcc":
+        return [("same-clothes", "prcc", "query_same"), ("clothes-changing", "prcc", "query_diff")]
+    if name in ("ltcc", "vcclothes") or (name == MANIFEST and dataset.clothes_labelled):
+        return [("general", "ltcc-general", "query"), ("clothes-changing", "ltcc-cc", "query")]
+    if name == "celeb":
+        return [("market", "celeb", "query")]
+    return [("market", "market", "query")]
+
+
 _PARSERS: dict[str, Callable[[str], ReIDDataset]] = {
     "ltcc": parse_ltcc,
     "prcc": parse_prcc,
@@ -369,13 +616,15 @@ _PARSERS: dict[str, Callable[[str], ReIDDataset]] = {
     "deepchange": parse_deepchange,
     "last": parse_last,
     "vcclothes": parse_vcclothes,
+    MANIFEST: parse_manifest,
 }
 
 
 def build_dataset(name: str, root: str | os.PathLike[str]) -> ReIDDataset:
-    """Parse the dataset ``name`` stored in ``root`` (its own folder, i.e. dataset_root/dataset_filename)."""
+    """Parse the dataset ``name`` stored in ``root`` (its own folder, i.e. dataset_root/dataset_filename; for
+    ``manifest`` the manifest file)."""
     if name not in _PARSERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
     return _PARSERS[name](os.fspath(root))
 
 

@@ -31,6 +31,9 @@ class ReIDDataset:
     val: list[ImageRecord] = field(default_factory=list)
     query_same: list[ImageRecord] = field(default_factory=list)
     query_diff: list[ImageRecord] = field(default_factory=list)
+    # False where the layout has no clothes labels for its test sets (clothes_id is then the pid): a clothes-changing
+    # protocol cannot be evaluated on it (``fastccreid data check`` says so).
+    clothes_labelled: bool = True
 
     @property
     def num_train_imgs(self) -> int:

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from fastccreid.data.datasets import DATASET_NAMES, build_dataset
+from fastccreid.data.datasets import DATASET_NAMES, MANIFEST, build_dataset
 
+# Every layout synth writes: the public datasets' and a manifest (images/<split>/<pid>/..., manifest.csv/.jsonl).
+SYNTH_LAYOUTS = (*DATASET_NAMES, MANIFEST)
+MANIFEST_CSV, MANIFEST_JSONL = "manifest.csv", "manifest.jsonl"
 # Layouts whose datasets are about clothes changes: they need >= 2 outfits so clothes-changing queries exist.
-_CC_LAYOUTS = ("ltcc", "prcc", "celeb", "deepchange", "last", "vcclothes")
+_CC_LAYOUTS = ("ltcc", "prcc", "celeb", "deepchange", "last", "vcclothes", MANIFEST)
 _HAIR = np.array([[20, 18, 18], [70, 45, 25], [120, 80, 40], [210, 180, 110], [160, 60, 30], [150, 150, 150],
                   [235, 235, 225], [40, 70, 200], [200, 60, 150], [60, 160, 80]], dtype=np.float32)
 
@@ -260,6 +263,7 @@ def _plan(layout: str, ids: int, clothes: int, cams: int, images_per: int) -> li
     # Every other layout: (split, rel path) for a train shot and for a test shot (query or gallery).
     names: dict[str, Callable[[str, int, int, int, int], str]] = {
         "ltcc": lambda s, p, o, c, n: f"{s}/{p:03d}_{o + 1}_c{c + 1}_{fr(o, c, n):06d}.png",
+        MANIFEST: lambda s, p, o, c, n: f"{s}/{p:04d}/{p:04d}_o{o}_c{c}_{n:03d}.jpg",
         "celeb": lambda s, p, o, c, n: f"{s}/{p}_{fr(o, c, n)}_{c}.jpg",
         "market1501": lambda s, p, o, c, n: f"{s}/{p:04d}_c{c + 1}s1_{fr(o, c, n):06d}_00.jpg",
         "vcclothes": lambda s, p, o, c, n: f"{s}/{p:04d}-{c + 1:02d}-{o + 1:02d}-{fr(o, c, n):02d}.jpg",
@@ -270,6 +274,7 @@ def _plan(layout: str, ids: int, clothes: int, cams: int, images_per: int) -> li
     }
     splits = {
         "ltcc": ("train", "query", "test"),
+        MANIFEST: ("images/train", "images/query", "images/gallery"),
         "celeb": ("train", "query", "gallery"),
         "market1501": ("bounding_box_train", "query", "bounding_box_test"),
         "vcclothes": ("train", "query", "gallery"),
@@ -346,8 +351,8 @@ def make_synthetic(layout: str, root: str | os.PathLike[str], *, ids: int, seed:
     ids: identities (first half train, second half test). clothes: outfits per identity (PRCC: 2, A/B vs C).
     cams: cameras (PRCC: 3, A/B/C). images_per: images per (identity, outfit, camera). size: (H, W).
     """
-    if layout not in DATASET_NAMES:
-        raise ValueError(f"--layout must be one of {', '.join(DATASET_NAMES)}, got {layout!r}")
+    if layout not in SYNTH_LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(SYNTH_LAYOUTS)}, got {layout!r}")
     if ids < 2:
         raise ValueError(f"--ids must be >= 2 (half train, half test), got {ids}")
     if clothes < 1 or (layout in _CC_LAYOUTS and clothes < 2):
@@ -394,7 +399,30 @@ def make_synthetic(layout: str, root: str | os.PathLike[str], *, ids: int, seed:
         junk = render(make_identity(seed, 0), make_outfit(seed, 0, 0), cameras[0], _rng(seed, 5))
         Image.fromarray(junk).save(os.path.join(root, "bounding_box_test", "-1_c1s1_000000_00.jpg"), quality=92)
     _write_lists(layout, root, shots, cams, images_per)
+    if layout == MANIFEST:
+        _write_manifest(root, shots, cams)
     return root
+
+
+def _write_manifest(root: str, shots: list[Shot], cams: int) -> None:
+    """manifest.csv and the same rows as manifest.jsonl: paths relative to ``root``, raw pids, cameras 0-based,
+    clothes_id = the outfit's number within its person (README "Your own data")."""
+    import csv
+    import json
+
+    rows = [{"path": s.rel, "pid": s.pid, "camid": s.cam, "split": s.rel.split("/")[1], "clothes_id": s.outfit}
+            for s in shots]
+    with open(os.path.join(root, MANIFEST_CSV), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(root, MANIFEST_JSONL), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def synth_source(layout: str, root: str) -> str:
+    """What ``build_dataset(layout, ...)`` reads for a synthetic dataset written to ``root``."""
+    return os.path.join(root, MANIFEST_CSV) if layout == MANIFEST else root
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -405,5 +433,5 @@ def run_synth(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"fastccreid synth: error: {e}", file=sys.stderr)
         return 2
-    print(build_dataset(args.layout, root).summary())
+    print(build_dataset(args.layout, synth_source(args.layout, root)).summary())
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastccreid.data.datasets import default_settings
 from fastccreid.data.records import ImageRecord, ReIDDataset
 from fastccreid.engine.amp import AmpConfig
 from fastccreid.engine.distributed import DistContext, broadcast_object, gather_rows, shard_range
@@ -59,16 +60,9 @@ class Features:
 
 
 def eval_settings(dataset: ReIDDataset) -> list[EvalSetting]:
-    """The settings the seed reports for ``dataset`` (first = the one it picks 'best' checkpoints by)."""
-    name = dataset.name.lower()
-    if dataset.query_same or dataset.query_diff or name == "prcc":
-        return [EvalSetting("same-clothes", "prcc", "query_same"),
-                EvalSetting("clothes-changing", "prcc", "query_diff")]
-    if name in ("ltcc", "vcclothes"):
-        return [EvalSetting("general", "ltcc-general", "query"), EvalSetting("clothes-changing", "ltcc-cc", "query")]
-    if name == "celeb":
-        return [EvalSetting("market", "celeb", "query")]
-    return [EvalSetting("market", "market", "query")]
+    """The settings the seed reports for ``dataset`` (first = the one it picks 'best' checkpoints by); the rule
+    lives in ``datasets.default_settings``, which ``fastccreid data check`` uses too (without importing torch)."""
+    return [EvalSetting(*s) for s in default_settings(dataset)]
 
 
 @torch.no_grad()
