@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gallery", help="gallery features file")
     p.add_argument("--protocol", default="market", choices=PROTOCOLS)
     p.add_argument("--max-rank", dest="max_rank", type=int, default=50)
+    p.add_argument("--compare-protocols", dest="compare_protocols", action="store_true",
+                   help="one table of R-1 / mAP / mINP under every protocol and codebase convention the labels "
+                        "allow (seed/FIRe, CAL CC/SC, torchreid, fast-reid, strong-baseline, open-reid, layumi)")
     p.add_argument("--json", dest="json_out", default="", metavar="OUT", help="also write the result as JSON")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="use raw features (default: L2-normalise, as the seed)")

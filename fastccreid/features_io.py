@@ -199,6 +199,8 @@ def run_eval_features(args) -> int:
     if nproc < 1:
         _error(f"--nproc must be >= 1, got {nproc}")
         return 2
+    if getattr(args, "compare_protocols", False):
+        return _run_compare(args)
     if nproc > 1 and world <= 1:
         return _launch(args, nproc)
     if world > 1:
@@ -226,9 +228,38 @@ def _check_pair(args, q: FeatureSet, g: FeatureSet) -> None:
     if q.feats.shape[1] != g.feats.shape[1]:
         raise ValueError(f"feature dims differ: {args.query} has D={q.feats.shape[1]}, {args.gallery} has "
                          f"D={g.feats.shape[1]}")
-    if args.protocol == "ltcc-cc" and (q.clothes is None or g.clothes is None):
+    if args.protocol in ("ltcc-cc", "ltcc-sc") and (q.clothes is None or g.clothes is None):
         missing = args.query if q.clothes is None else args.gallery
-        raise ValueError(f"{missing}: protocol ltcc-cc needs the 'clothes' key")
+        raise ValueError(f"{missing}: protocol {args.protocol} needs the 'clothes' key")
+
+
+def _run_compare(args) -> int:
+    """``--compare-protocols``: one table (and JSON) of every convention the labels allow (fastccreid.compare)."""
+    from fastccreid.compare import compare_conventions, conventions_json, conventions_table
+
+    if getattr(args, "nproc", 1) > 1 or getattr(args, "reranking", False):
+        _error("--compare-protocols runs in one process without --reranking")
+        return 2
+    try:
+        q = load_features(args.query)
+        g = load_features(args.gallery)
+        _check_pair(args, q, g)
+        rows = compare_conventions(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, q.clothes, g.clothes,
+                                   normalize=getattr(args, "normalize", True))
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        _error(str(exc))
+        return 2
+    print(f"query {q.feats.shape[0]} x gallery {g.feats.shape[0]} (D={q.feats.shape[1]})")
+    print(conventions_table(rows))
+    if args.json_out:
+        payload = {"query": args.query, "gallery": args.gallery, "conventions": conventions_json(rows)}
+        tmp = args.json_out + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)) or ".", exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, args.json_out)  # atomic
+        print(f"wrote {args.json_out}")
+    return 0
 
 
 def _report(args, res, qshape, num_gallery: int, nproc: int) -> None:

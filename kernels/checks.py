@@ -16,7 +16,11 @@ import torch
 
 # Protocol junk rules of the rank ops: None (the whole gallery counts), "market" (drop same pid and same camera),
 # "ltcc-cc" (drop same pid and same camera or same clothes); the codes are what the registered ops take.
+# "ltcc-sc" (CAL's same-clothes rule: drop same pid and same camera or other clothes) is a rule of the rank
+# statistics only (RANK_JUNK_RULES); the top-k op has no code for it.
 JUNK_RULES = (None, "market", "ltcc-cc")
+RANK_JUNK_RULES = (*JUNK_RULES, "ltcc-sc")
+CLOTHES_RULES = ("ltcc-cc", "ltcc-sc")
 JUNK_CODES = {None: 0, "market": 1, "ltcc-cc": 2}
 JUNK_NAMES = {v: k for k, v in JUNK_CODES.items()}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -150,24 +154,25 @@ def check_distmat(x, *, allow_inf: bool = False) -> torch.Tensor:
 
 
 def check_protocol_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq: int, ng: int,
-                          device, *, what: str = "junk"):
+                          device, *, what: str = "junk", rules=JUNK_RULES):
     """(qp, gp, qc, gc, qcl, gcl) int64 on ``device`` for a junk rule; labels the rule does not use are None.
 
-    ``what`` names the argument that set the rule in the "needs ..." messages ("junk" or "protocol")."""
-    check_choice(junk, "junk", JUNK_RULES)
+    ``what`` names the argument that set the rule in the "needs ..." messages ("junk" or "protocol"); ``rules``
+    the rules the caller supports."""
+    check_choice(junk, "junk", rules)
     if q_pids is None or g_pids is None:
         raise ValueError("q_pids and g_pids are required")
     qp = check_labels(q_pids, "q_pids", nq, device, per="query")
     gp = check_labels(g_pids, "g_pids", ng, device, per="gallery item")
     qc = gc = qcl = gcl = None
-    if junk in ("market", "ltcc-cc"):
+    if junk in ("market", *CLOTHES_RULES):
         if q_camids is None or g_camids is None:
             raise ValueError(f"junk={junk!r} needs q_camids and g_camids")
         qc = check_labels(q_camids, "q_camids", nq, device, per="query")
         gc = check_labels(g_camids, "g_camids", ng, device, per="gallery item")
-    if junk == "ltcc-cc":
+    if junk in CLOTHES_RULES:
         if q_clothes is None or g_clothes is None:
-            raise ValueError("junk='ltcc-cc' needs q_clothes and g_clothes")
+            raise ValueError(f"junk={junk!r} needs q_clothes and g_clothes")
         qcl = check_labels(q_clothes, "q_clothes", nq, device, per="query")
         gcl = check_labels(g_clothes, "g_clothes", ng, device, per="gallery item")
     return qp, gp, qc, gc, qcl, gcl
@@ -189,13 +194,13 @@ class RankInputs:
 
 def check_rank_inputs(q, g, metric: str, metrics, *, junk, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                       q_clothes=None, g_clothes=None, labels_required: bool = True, allow_inf: bool = False,
-                      finite_features: bool = False) -> RankInputs:
+                      finite_features: bool = False, rules=JUNK_RULES) -> RankInputs:
     """The checks of ``rank_stats`` and ``topk_ranking``: metric, junk rule, distances or features, sizes, labels.
 
     ``allow_inf``: +-inf distances are allowed (top-k). ``finite_features``: features are checked for NaN / Inf
     here (rank_stats checks the gallery later, where it streams it once)."""
     check_choice(metric, "metric", metrics)
-    check_choice(junk, "junk", JUNK_RULES)
+    check_choice(junk, "junk", rules)
     dm = None
     if metric == "precomputed":
         if g is not None:
@@ -218,7 +223,7 @@ def check_rank_inputs(q, g, metric: str, metrics, *, junk, q_pids=None, g_pids=N
     labels = None
     if labels_required or junk is not None:
         labels = check_protocol_labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, junk, nq, ng,
-                                       device)
+                                       device, rules=rules)
     return RankInputs(dm, q, g, labels, nq, ng, device)
 
 
@@ -317,8 +322,8 @@ def check_eval_inputs(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_
         raise ValueError(f"protocol {protocol!r} needs q_camids and g_camids")
     qc = check_labels(q_camids, "q_camids", nq, device, per="query") if q_camids is not None else None
     gc = check_labels(g_camids, "g_camids", ng, device, per="gallery item") if g_camids is not None else None
-    if junk == "ltcc-cc" and (q_clothes is None or g_clothes is None):
-        raise ValueError("protocol 'ltcc-cc' needs q_clothes and g_clothes")
+    if junk in CLOTHES_RULES and (q_clothes is None or g_clothes is None):
+        raise ValueError(f"protocol {protocol!r} needs q_clothes and g_clothes")
     qcl = check_labels(q_clothes, "q_clothes", nq, device, per="query") if q_clothes is not None else None
     gcl = check_labels(g_clothes, "g_clothes", ng, device, per="gallery item") if g_clothes is not None else None
     return EvalInputs(dm, q, g, qp, gp, qc, gc, qcl, gcl, nq, ng)

@@ -78,6 +78,8 @@ class PidIndex:
             keep = keep & (gc[idx] != qc[:, None])
         elif junk == "ltcc-cc":
             keep = keep & (gc[idx] != qc[:, None]) & (gcl[idx] != qcl[:, None])
+        elif junk == "ltcc-sc":  # CAL's same-clothes setting: same pid with other clothes is junk too
+            keep = keep & (gc[idx] != qc[:, None]) & (gcl[idx] == qcl[:, None])
         return Matches(idx=idx, is_match=keep, pos=pos)
 
     def slots(self) -> torch.Tensor:

@@ -43,17 +43,6 @@ def evaluate_with_clothes(distmat, q_pids, g_pids, q_camids, g_camids, q_clothid
     good &= (qcl[:, None] != gcl[None, :]) if mode == "CC" else (qcl[:, None] == gcl[None, :])
     if not good.any():
         return np.zeros(len(gp)), 0
-    if mode == "CC":
-        res = _evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl,
-                        protocol="ltcc-cc", max_rank=max(1, ng))
-        return res.cmc, np.float64(res.mAP)
-    # SC: an identity per (pid, clothes) pair makes "same pid, other clothes" non-matches, and their distances
-    # pushed past every other distance rank them after all true matches, where a non-match changes no CMC, AP or
-    # INP: what dropping them as junk gives
-    pairs = np.unique(np.concatenate([np.stack([qp, qcl], 1), np.stack([gp, gcl], 1)]), axis=0, return_inverse=True)[1]
-    pairs = pairs.reshape(-1)
-    dm = dm.astype(np.float64, copy=True)
-    dm[same & (qcl[:, None] != gcl[None, :])] = np.nextafter(dm.max(), np.inf)
-    res = _evaluate(dm, q_pids=pairs[: len(qp)], g_pids=pairs[len(qp):], q_camids=qc, g_camids=gc,
-                    protocol="market", max_rank=max(1, ng))
+    res = _evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl,
+                    protocol="ltcc-cc" if mode == "CC" else "ltcc-sc", max_rank=max(1, ng))
     return res.cmc, np.float64(res.mAP)

@@ -16,7 +16,7 @@ import torch
 from fastccreid.evaluation.gallery import TILE, Gallery, tiled_chunk_stats
 from fastccreid.evaluation.workspace import Workspace
 from fastccreid.kernels._backend import rank_stats_backend
-from fastccreid.kernels.checks import check_choice, check_rank_inputs, require_finite
+from fastccreid.kernels.checks import RANK_JUNK_RULES, check_choice, check_rank_inputs, require_finite
 from fastccreid.kernels.rank_stats import (
     METRICS,
     PRECISIONS,
@@ -59,7 +59,7 @@ def rank_stats(
 ) -> RankStats:
     """Exact first-match rank, AP and INP per query: see ``fastccreid.kernels.rank_stats`` (same arguments)."""
     inp_ = check_rank_inputs(q, g, metric, METRICS, junk=junk, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
-                             g_camids=g_camids, q_clothes=q_clothes, g_clothes=g_clothes)
+                             g_camids=g_camids, q_clothes=q_clothes, g_clothes=g_clothes, rules=RANK_JUNK_RULES)
     if metric != "precomputed":
         check_choice(precision, "precision", PRECISIONS)
     dm, q, g, nq, ng, device = inp_.dm, inp_.q, inp_.g, inp_.nq, inp_.ng, inp_.device

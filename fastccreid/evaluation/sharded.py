@@ -130,6 +130,8 @@ def local_matches(index: PidIndex, lo: torch.Tensor, cnt: torch.Tensor, rpad: in
         keep = keep & (gc[idx] != qc[:, None])
     elif junk == "ltcc-cc":
         keep = keep & (gc[idx] != qc[:, None]) & (gcl[idx] != qcl[:, None])
+    elif junk == "ltcc-sc":
+        keep = keep & (gc[idx] != qc[:, None]) & (gcl[idx] == qcl[:, None])
     return idx, same, keep
 
 
