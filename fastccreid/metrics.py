@@ -163,20 +163,29 @@ def evaluate(
             require_finite(g)
             q = normalize_features(q) if normalize else q.to(torch.float32)
             g = normalize_features(g) if normalize else g.to(torch.float32)
+    kwargs = dict(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl, junk=junk,
+                  chunk_size=chunk_size, backend=backend)
+    streamed = False
     if rerank:
-        from fastccreid.rerank import re_ranking
-
-        if distmat is None:
-            dm = re_ranking(q, g, k1=rerank_k1, k2=rerank_k2, lambda_value=rerank_lambda)
-        else:
+        if distmat is not None:
             raise ValueError("rerank=True needs features (qf, gf): k-reciprocal re-ranking also uses the "
                              "query-query and gallery-gallery distances; call fastccreid.rerank.re_ranking "
                              "with q_g, q_q and g_g distance matrices instead")
-        dm = as_tensor(dm, "reranked distmat")
+        # streamed by query chunks (never Q×G) unless a later step needs the dense re-ranked matrix
+        streamed = not (protocol == "cuhk03" or roc)
+        if streamed:
+            from fastccreid.evaluation.reranked import reranked_rank_stats
 
-    kwargs = dict(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl, junk=junk,
-                  chunk_size=chunk_size, backend=backend)
-    if distmat is not None or rerank:
+            st = reranked_rank_stats(q, g, k1=rerank_k1, k2=rerank_k2, lambda_value=rerank_lambda, **kwargs)
+        else:
+            from fastccreid.rerank import re_ranking
+
+            dm = as_tensor(re_ranking(q, g, k1=rerank_k1, k2=rerank_k2, lambda_value=rerank_lambda),
+                           "reranked distmat")
+
+    if streamed:
+        pass
+    elif distmat is not None or rerank:
         st = rank_stats(dm, None, "precomputed", **kwargs)
     elif protocol == "cuhk03":
         st = rank_stats(q, g, "sqeuclidean", **kwargs)
