@@ -151,7 +151,8 @@ def test_countable_queries_against_a_brute_force_oracle(protocol):
                 if gp[j] != qp[i]:
                     continue
                 same_cam, same_clothes = gc[j] == qc[i], gk[j] == qk[i]
-                junk = {"none": False, "camera": same_cam, "camera-or-clothes": same_cam or same_clothes}
+                junk = {"none": False, "camera": same_cam, "camera-or-clothes": same_cam or same_clothes,
+                        "camera-or-other-clothes": same_cam or not same_clothes}
                 ok = ok or not junk[JUNK_RULES[protocol]]
             want.append(ok)
         got = countable_queries(qp, qc, qk, gp, gc, gk, protocol)
@@ -165,7 +166,7 @@ def test_countable_queries_agree_with_the_evaluator():
     qp, qc, qk = (rng.integers(0, 5, 50) for _ in range(3))
     gp, gc, gk = (rng.integers(0, 5, 80) for _ in range(3))
     qf, gf = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(80, 8)).astype(np.float32)
-    for protocol in ("market", "ltcc-cc", "prcc"):
+    for protocol in ("market", "ltcc-cc", "ltcc-sc", "prcc"):
         r = evaluate(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qk, g_clothes=gk,
                      protocol=protocol)
         assert r.num_valid_queries == int(countable_queries(qp, qc, qk, gp, gc, gk, protocol).sum())
@@ -269,3 +270,9 @@ def test_train_preflight_lets_skip_bad_images_through(synth_root, tmp_path, caps
     assert len(warned) == 1 and "gone.jpg" in warned[0]
     with pytest.raises(ValueError, match="dataset check failed: 1 row"):
         preflight("manifest", path)
+
+
+def test_every_protocol_has_a_junk_rule():
+    from fastccreid.protocols import PROTOCOLS
+
+    assert set(JUNK_RULES) == set(PROTOCOLS)  # a new protocol needs its rule here (and in the oracle above)

@@ -40,10 +40,11 @@ from fastccreid.data.datasets import (
 from fastccreid.data.records import ImageRecord, ReIDDataset
 
 # Protocol -> which gallery images of the query's identity are junk (dropped before ranking): market-style
-# protocols drop the same camera; LTCC's clothes-changing one also the same clothes; PRCC's drops none.
+# protocols drop the same camera; LTCC's clothes-changing one also the same clothes; CAL's same-clothes one the
+# same camera or other clothes; PRCC's drops none.
 JUNK_RULES = {"market": "camera", "ltcc-general": "camera", "celeb": "camera", "cuhk03": "camera",
-              "ltcc-cc": "camera-or-clothes", "prcc": "none"}
-CLOTHES_PROTOCOLS = ("ltcc-cc",)
+              "ltcc-cc": "camera-or-clothes", "ltcc-sc": "camera-or-other-clothes", "prcc": "none"}
+CLOTHES_PROTOCOLS = ("ltcc-cc", "ltcc-sc")
 HEAD_BYTES = 4096
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*")
 _SHOWN = 5  # items printed per finding (the JSON report lists them all)
@@ -304,8 +305,10 @@ def countable_queries(q_pids, q_camids, q_clothes, g_pids, g_camids, g_clothes, 
             left = g[p]
         elif rule == "camera":
             left = g[p] - gc[(p, c)]
-        else:  # same identity, another camera and other clothes: inclusion-exclusion
+        elif rule == "camera-or-clothes":  # same identity, another camera and other clothes: inclusion-exclusion
             left = g[p] - gc[(p, c)] - gk[(p, k)] + gck[(p, c, k)]
+        else:  # same identity and clothes, another camera
+            left = gk[(p, k)] - gck[(p, c, k)]
         out[i] = left > 0
     return out
 
