@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fastccreid.bench.common import BenchRow, peak_rss_bytes, time_median
+from fastccreid.bench.common import BenchRow, keep_partial, peak_rss_bytes, time_median
 
 NUM_CLASSES = 77  # LTCC's training identities
 
@@ -139,10 +139,21 @@ def _measure(path: str, step, imgs, pids, device, repeats: int, case: str, extra
                     peak_rss_bytes=peak_rss_bytes(), repeats=repeats, items=b, extra=extra)
 
 
+def _fast_row(imgs, pids, device: torch.device, repeats: int, case: str) -> BenchRow:
+    fast, desc = make_fast_step(device)
+    return _measure("fast", fast, imgs, pids, device, repeats, case, desc)
+
+
+def _reference_row(imgs, pids, device: torch.device, repeats: int, case: str) -> BenchRow:
+    return _measure("reference", make_reference_step(device), imgs, pids, device, repeats, case,
+                    {"amp": "fp32", "compile": False, "channels_last": False})
+
+
 def run(quick: bool) -> list[BenchRow]:
     """Train-step rows at 384x192 for batches of 8 and 16 (32 too in full mode; on CUDA quick mode batch 32 only),
-    ids x 4 images: for each batch size the fast path first (lower peak), then the reference; on CUDA at batch 32
-    also the fast step eager (``fast-eager``: bf16 + channels_last without torch.compile)."""
+    ids x 4 images: for each batch size the fast path first on CPU (lower peak), then the reference; on CUDA first
+    the fast step eager at batch 32 (``fast-eager``: bf16 + channels_last without torch.compile) and the reference,
+    the compiled step last, so a compile that runs out of time still leaves the other rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     height, width = 384, 192
     repeats = 3 if quick else 8
@@ -155,33 +166,39 @@ def run(quick: bool) -> list[BenchRow]:
     for batch in batches:
         case = f"cssc-step-{height}x{width}-b{batch}-{device.type}"
         imgs, pids = _batch(height, width, batch, device)
-        fast, desc = make_fast_step(device)
-        fast_row = _measure("fast", fast, imgs, pids, device, repeats, case, desc)
-        del fast
-        if device.type == "cuda" and batch == 32:  # the same step eager: what the compile buys
+        eager_row = None
+        if device.type == "cuda" and batch == 32:  # the same step eager (what the compile buys), before the compile
             eager, desc_e = make_fast_step(device, compile_model=False)
             eager_row = _measure("fast-eager", eager, imgs, pids, device, repeats, case, desc_e)
             del eager
-            eager_row.extra["compiled_speedup_over_eager"] = round(eager_row.median_s / fast_row.median_s, 2)
             rows.append(eager_row)
-        ref = make_reference_step(device)
-        ref_row = _measure("reference", ref, imgs, pids, device, repeats, case,
-                           {"amp": "fp32", "compile": False, "channels_last": False})
-        del ref
+            keep_partial(rows)
+        if device.type == "cuda":  # the compile last
+            ref_row = _reference_row(imgs, pids, device, repeats, case)
+            fast_row = _fast_row(imgs, pids, device, repeats, case)
+        else:  # RSS does not shrink back: the fast path first, so the reference's peak does not hide its own
+            fast_row = _fast_row(imgs, pids, device, repeats, case)
+            ref_row = _reference_row(imgs, pids, device, repeats, case)
         fast_row.extra["speedup"] = round(ref_row.median_s / fast_row.median_s, 2)
+        if eager_row is not None:
+            eager_row.extra["compiled_speedup_over_eager"] = round(eager_row.median_s / fast_row.median_s, 2)
         rows += [fast_row, ref_row]
+        keep_partial(rows)
     if device.type == "cpu":
         rows += run_ddp(quick)
     return rows
 
 
-def _ddp_worker(rank: int, world: int, store: str, height: int, batch: int, repeats: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, store: str, height: int, batch: int, repeats: int, out: str,
+                bn: str = "per_rank") -> None:
     """One rank of the multi-process row: its P/W identities of the global batch, the trainer's loss (triplet mined
-    over the gathered batch), DDP, fused Adam; rank 0 writes the median step time and the all-gather's share."""
+    over the gathered batch), DDP, fused Adam, BN per rank or over the global batch (``bn``, as ``--bn``); rank 0
+    writes the median step time and the all-gather's share."""
     import json
 
     from fastccreid.bench.common import time_median
     from fastccreid.engine.distributed import INIT_METHOD_ENV, cleanup, gather_batch, setup
+    from fastccreid.engine.global_bn import convert_batchnorm
     from fastccreid.engine.loss import cssc_loss
     from fastccreid.models import CSSC
 
@@ -196,6 +213,7 @@ def _ddp_worker(rank: int, world: int, store: str, height: int, batch: int, repe
         rows = slice(rank * b, (rank + 1) * b)  # this rank's whole identities of the global batch
         x, y = imgs[rows].contiguous(memory_format=torch.channels_last), pids[rows]
         model = CSSC(NUM_CLASSES, pretrained=None).to(memory_format=torch.channels_last).train()
+        model = convert_batchnorm(model, bn, ctx)
         net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=5e-4, fused=True)
 
@@ -234,20 +252,55 @@ def run_ddp(quick: bool, world: int = 2) -> list[BenchRow]:
     rows: list[BenchRow] = []
     case = f"cssc-ddp-step-{height}x{height // 2}-b{batch}-cpu"
     results = {}
-    for n in (1, world):
+    variants = ((1, "per_rank"), (world, "per_rank"), (world, "global"))
+    for n, bn in variants:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "result.json")
-            mp.start_processes(_ddp_worker, args=(n, tmp, height, batch, repeats, out), nprocs=n, join=True,
+            mp.start_processes(_ddp_worker, args=(n, tmp, height, batch, repeats, out, bn), nprocs=n, join=True,
                                start_method="spawn")
             with open(out) as f:
-                results[n] = json.load(f)
-    for n in (1, world):
-        r = results[n]
+                results[n, bn] = json.load(f)
+    for n, bn in variants:
+        r = results[n, bn]
         extra = {"processes": n, "threads_per_process": r["threads"], "global_batch": batch,
-                 "allgather_share": round(r["gather_s"] / r["median_s"], 4)}
+                 "allgather_share": round(r["gather_s"] / r["median_s"], 4), "bn": bn if n > 1 else "one process"}
         if n == world:
-            extra["vs_1_process"] = round(results[1]["median_s"] / r["median_s"], 2)
-        rows.append(BenchRow(suite="train", case=case, path=f"ddp-{n}", median_s=r["median_s"],
+            extra["vs_1_process"] = round(results[1, "per_rank"]["median_s"] / r["median_s"], 2)
+        if bn == "global":  # what BN over the global batch adds to a step (one all-gather per BN layer, eager)
+            extra["global_bn_cost_s"] = round(r["median_s"] - results[world, "per_rank"]["median_s"], 4)
+        path = f"ddp-{n}" + ("-global-bn" if bn == "global" else "")
+        rows.append(BenchRow(suite="train", case=case, path=path, median_s=r["median_s"],
                              items_per_s=batch / r["median_s"], peak_rss_bytes=peak_rss_bytes(), repeats=repeats,
                              items=batch, extra=extra))
+    rows.append(_launch_row(world, repeats=1 if quick else 3))
     return rows
+
+
+_LAUNCHED = ("import os, time; from fastccreid.engine.distributed import barrier, cleanup, setup; "
+             "ctx = setup(use_cpu=True); barrier(ctx); "
+             "open(os.environ['FASTCCREID_BENCH_OUT'] + str(ctx.rank), 'w').write(repr(time.time())); cleanup()")
+
+
+def _launch_row(world: int, repeats: int) -> BenchRow:
+    """Time from calling the elastic launcher (``fastccreid train --nproc N``'s path) to every worker having joined
+    the gloo process group: the agent, the c10d rendezvous, N fresh interpreters importing torch and fastccreid,
+    init_process_group and a barrier (what precedes the first step, before the model and data are built)."""
+    import statistics
+    import tempfile
+
+    from fastccreid.engine.launch import run_elastic
+
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            prefix = os.path.join(tmp, "t")
+            t0 = time.time()
+            code = run_elastic(["-c", _LAUNCHED], world, prog="bench", env={"FASTCCREID_BENCH_OUT": prefix})
+            if code != 0:
+                raise RuntimeError(f"bench train: the elastic launch of {world} gloo workers exited with {code}")
+            times.append(max(float(open(prefix + str(r)).read()) for r in range(world)) - t0)
+    median = statistics.median(times)
+    return BenchRow(suite="train", case=f"elastic-launch-{world}-gloo-cpu", path="launch-to-process-group",
+                    median_s=median, items_per_s=world / median, peak_rss_bytes=peak_rss_bytes(), repeats=repeats,
+                    items=world, extra={"processes": world, "what": "launcher call to every rank past its first "
+                                        "barrier (torch + fastccreid imports, rendezvous, gloo init)"})

@@ -95,8 +95,17 @@ def setup(use_cpu: bool = False, gpu_devices: str = "0", dist_backend: str = "au
         if not dist.is_initialized():
             # torchrun / the elastic launcher: env:// (the agent's store); tests and bench spawn: a file store
             init_method = os.environ.get(INIT_METHOD_ENV) or "env://"
-            dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    device_id=device if backend == "nccl" else None, timeout=collective_timeout())
+            kw: dict[str, Any] = {"init_method": init_method}
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+            if attempt is not None and init_method == "env://":
+                # Under the elastic agent the workers of every restart share the agent's one store: keys of the
+                # dead group (gloo's listening addresses) would be read by the new one (connection refused). A
+                # prefix per restart attempt keeps each group's keys its own.
+                store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=collective_timeout()))
+                kw = {"store": dist.PrefixStore(f"fastccreid/attempt_{attempt}", store)}
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                    device_id=device if backend == "nccl" else None, timeout=collective_timeout(),
+                                    **kw)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
 
