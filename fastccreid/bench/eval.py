@@ -213,6 +213,9 @@ def run(quick: bool) -> list[BenchRow]:
     for ng in SCALE_GALLERIES if quick else SCALE_GALLERIES + (64000,):
         rows += run_case(f"scale-g{ng}", with_reference=ng <= 16000, repeats=1 if ng > 16000 else 3,
                          size=(SCALE_QUERIES, ng, max(8, ng // 40)))
+    from fastccreid.bench.rerank import run_rerank
+
+    rows += run_rerank(full=not quick)  # re-ranking rows (issue 27); the MSMT17-size one in full mode only
     if quick:
         return rows
     rows += run_case("celeb", with_reference=True, repeats=2)
