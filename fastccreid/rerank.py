@@ -206,9 +206,10 @@ class Reranker:
         m.index_add_(0, qr[rep] * ng + self.g_row[gpos], torch.minimum(qv[rep], self.g_val[gpos]))
         del rep, gpos
         m = m.view(e - s, ng)
-        jac = 1 - m / (2 - m)
-        orig = self.gallery_rows(s, e) / self.scale[s:e, None]
-        return jac * (1 - self.lam) + orig * self.lam
+        # in place, the same operations (and bits) as (1 - m / (2 - m)) * (1 - lam) + (d / scale) * lam
+        jac = m.div_(2 - m).neg_().add_(1).mul_(1 - self.lam)
+        orig = self.gallery_rows(s, e).div_(self.scale[s:e, None]).mul_(self.lam)
+        return jac.add_(orig)
 
     def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(s, e, re-ranked distances [e-s, G]) for every query chunk, in order."""
