@@ -41,8 +41,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = (1, -1, *([1] * (x.dim() - 2)))
         xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in >= fp32, as F.batch_norm
         count = xs.numel() // xs.shape[1]
-        mean = xs.mean(dims)  # [C]
-        m2 = (xs - mean.view(shape)).square().sum(dims)  # [C]: squared deviations about this rank's mean
+        var_local, mean = torch.var_mean(xs, dims, correction=0)  # [C] each, one fused pass
+        m2 = var_local * count  # squared deviations about this rank's mean
         local = torch.cat([torch.full((1,), float(count), dtype=xs.dtype, device=xs.device), mean, m2])
         rows = gather_batch(local.unsqueeze(0), self.ctx)  # [W, 1 + 2C], differentiable
         c = self.num_features
@@ -58,10 +58,15 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 unbiased = g_m2 / (total - 1).clamp(min=1)
                 self.running_mean.mul_(1 - factor).add_(g_mean.detach().to(self.running_mean.dtype), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased.detach().to(self.running_var.dtype), alpha=factor)
-        y = (xs - g_mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        # y = x * scale + shift with per-channel [C] scale / shift: one multiply-add over the big tensor (and a
+        # cheap backward) instead of four elementwise passes
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
+            scale = scale * self.weight
+        shift = -g_mean * scale
+        if self.affine:
+            shift = shift + self.bias
+        return torch.addcmul(shift.view(shape), xs, scale.view(shape)).to(x.dtype)
 
 
 def convert_batchnorm(module: nn.Module, mode: str, ctx: DistContext) -> nn.Module:
