@@ -72,7 +72,7 @@ fi
 cuda="$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")"
 if [ "$cuda" = "1" ]; then
     t_doctor=120; t_bench=330; skip=""
-    suite_limits="kernels=50,eval=75,pipeline=35,train=135,extract=35"
+    suite_limits="kernels=45,eval=90,pipeline=30,train=130,extract=35"
 else  # a CPU: the same steps with limits sized for a loaded 2-core machine and fewer kernel repeats; the train
       # suite (fp32 ResNet-50 steps at 384x192 and two DDP processes, 5+ minutes on 2 cores) is recorded skipped
     t_doctor=300; t_bench=1200; skip="train"

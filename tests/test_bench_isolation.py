@@ -36,7 +36,14 @@ _OK = textwrap.dedent("""
     print("suite", suite, "done", flush=True)
 """)
 _RAISE = "import sys; print('about to fail', flush=True); raise RuntimeError('kernel exploded')"
-_HANG = "import time, sys; print('hanging', flush=True); time.sleep(120)"
+_HANG = textwrap.dedent("""
+    import json, os, time, sys
+    row = {"suite": sys.argv[3], "case": "finished before the hang", "path": "fast", "median_s": 1.0,
+           "items_per_s": 1.0, "peak_rss_bytes": 1, "repeats": 1, "items": 1, "extra": {}}
+    json.dump({"results": [row]}, open(os.environ["FASTCCREID_BENCH_PARTIAL"], "w"))  # as bench.common.keep_partial
+    print("hanging", flush=True)
+    time.sleep(120)
+""")
 
 
 def _fake_commands(parent_json: str, behaviour: dict[str, str]):
@@ -71,12 +78,15 @@ def test_a_failing_and_a_hanging_suite_lose_only_themselves(tmp_path, monkeypatc
     assert "kernel exploded" in status["eval"]["detail"]  # the error's own message, from its stderr
     assert "stopped after 3 s" in status["pipeline"]["detail"]
     assert status["train"]["skipped"] == [{"what": "the DALI rows", "reason": "NVIDIA DALI does not import"}]
-    assert [r["suite"] for r in payload["results"]] == ["kernels", "train", "extract"]
+    # the timed-out suite keeps the cases it had finished (its partial file), marked by its record's status
+    assert [(r["suite"], r["case"]) for r in payload["results"]] == [
+        ("kernels", "c"), ("pipeline", "finished before the hang"), ("train", "c"), ("extract", "c")]
+    assert status["pipeline"]["rows"] == 1
     # the JSON was rewritten after every suite: when train started it held the three suites before it
-    train_row = payload["results"][1]
+    train_row = payload["results"][2]
     assert train_row["extra"]["parent_json_at_start"] == [["kernels", "ok"], ["eval", "error"],
                                                          ["pipeline", "timeout"]]
-    assert train_row["extra"]["parent_rows_at_start"] == 1
+    assert train_row["extra"]["parent_rows_at_start"] == 2
     text = capsys.readouterr().out
     assert "suite kernels done" in text and "hanging" in text  # children's output relayed as it came
     assert "== bench eval: error" in text and "== bench pipeline: timeout" in text
@@ -95,6 +105,16 @@ def test_all_suites_ok_exits_0_and_skipped_suites_are_recorded(tmp_path, monkeyp
     assert len(payload["results"]) == len(bench.SUITES) - 1
     with pytest.raises(ValueError, match="--skip_suites: unknown suites \\['trian'\\]"):
         bench.run_bench(_args(out, skip_suites="trian"))
+
+
+def test_keep_partial_writes_where_the_runner_reads(tmp_path, monkeypatch):
+    from fastccreid.bench.common import PARTIAL_ENV, BenchRow, keep_partial
+
+    keep_partial([BenchRow("eval", "c", "fast", 1.0, 1.0, 1)])  # no runner: nothing written, nothing raised
+    path = tmp_path / "partial.json"
+    monkeypatch.setenv(PARTIAL_ENV, str(path))
+    keep_partial([BenchRow("eval", "c", "fast", 1.0, 1.0, 1)])
+    assert [r["case"] for r in json.loads(path.read_text())["results"]] == ["c"]
 
 
 def test_in_process_suite_error_is_recorded_and_the_next_suite_runs(tmp_path, monkeypatch):
@@ -164,4 +184,5 @@ def test_sigterm_closes_the_json_with_the_finished_suites(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["complete"] is False
     assert [(s["suite"], s["status"]) for s in payload["suites"]] == [("kernels", "ok"), ("eval", "interrupted")]
-    assert len(payload["results"]) == 1
+    assert [(r["suite"], r["case"]) for r in payload["results"]] == [("kernels", "c"),
+                                                                    ("eval", "finished before the hang")]

@@ -67,6 +67,7 @@ def test_gpu_devices_choose_the_physical_gpu_through_the_cli(fake_cuda, monkeypa
     from fastccreid.engine import trainer
 
     monkeypatch.setattr(trainer, "Trainer", _NoTrainer)
+    monkeypatch.setattr(trainer, "check_data", lambda cfg: None)  # no dataset here: only the device choice is tested
     _NoTrainer.seen.clear()
     code = main(["train", "--gpu_devices", gpu_devices, "--nproc", "1", "--save_dir", str(tmp_path), "--no_progress"])
     assert code == 0
@@ -81,6 +82,7 @@ def test_run_train_sets_the_variable_before_its_first_cuda_query(fake_cuda, monk
     from fastccreid.engine.config import TrainConfig
 
     monkeypatch.setattr(trainer, "Trainer", _NoTrainer)
+    monkeypatch.setattr(trainer, "check_data", lambda cfg: None)
     cfg = TrainConfig(gpu_devices="1", save_dir=str(tmp_path), no_progress=True, nproc=1)
     assert trainer.run_train(cfg) == 0
     assert fake_cuda.chosen == ["1"]

@@ -125,7 +125,8 @@ def _run_isolated(name: str, quick: bool, timeout: float | None) -> tuple[list[B
     with tempfile.TemporaryDirectory(prefix=f"fastccreid-bench-{name}-") as tmp:
         out = os.path.join(tmp, "suite.json")
         cmd = suite_command(name, quick, out)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        partial = os.path.join(tmp, "partial.json")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{common.PARTIAL_ENV: partial})
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)
         tails: tuple[list[str], list[str]] = ([], [])
@@ -152,12 +153,16 @@ def _run_isolated(name: str, quick: bool, timeout: float | None) -> tuple[list[B
                 r.join(timeout=5)
         seconds = round(time.perf_counter() - t0, 2)
         tail = "".join(tails[1][-15:] or tails[0][-15:]).strip()[-2000:]
+        kept: list[BenchRow] = []
+        if os.path.exists(partial):  # the cases it finished before it stopped
+            with open(partial) as f:
+                kept = [BenchRow(**r) for r in json.load(f)["results"]]
         if status == "timeout":
-            return [], SuiteRecord(name, status, seconds, 0, f"stopped after {timeout:.0f} s: {tail}")
+            return kept, SuiteRecord(name, status, seconds, len(kept), f"stopped after {timeout:.0f} s: {tail}")
         if status == "interrupted":
-            return [], SuiteRecord(name, status, seconds, 0, f"SIGTERM reached the runner: {tail}")
+            return kept, SuiteRecord(name, status, seconds, len(kept), f"SIGTERM reached the runner: {tail}")
         if proc.returncode != 0 or not os.path.exists(out):
-            return [], SuiteRecord(name, "error", seconds, 0, f"exit {proc.returncode}: {tail}")
+            return kept, SuiteRecord(name, "error", seconds, len(kept), f"exit {proc.returncode}: {tail}")
         with open(out) as f:
             payload = json.load(f)
     rows = [BenchRow(**r) for r in payload["results"]]

@@ -46,6 +46,19 @@ def note_skip(suite: str, what: str, reason: str) -> None:
     print(f"bench {suite}: skipped {what}: {reason}", flush=True)
 
 
+PARTIAL_ENV = "FASTCCREID_BENCH_PARTIAL"  # set by the isolating runner: where a suite keeps its rows so far
+
+
+def keep_partial(rows: list[BenchRow]) -> None:
+    """A suite's rows so far, written (atomically) where the isolating runner reads them if the suite then runs out
+    of time or fails: finished cases are kept. A no-op outside an isolated run."""
+    path = os.environ.get(PARTIAL_ENV)
+    if path:
+        from dataclasses import asdict
+
+        write_json(path, {"results": [asdict(r) for r in rows]})
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

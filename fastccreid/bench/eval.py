@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, keep_partial, peak_rss_bytes
 
 D = 2048
 NOISE = 4.5  # per-element noise scale of the synthetic features (sets how hard the ranking is)
@@ -205,17 +205,25 @@ def run_sharded(nproc: int = 2) -> list[BenchRow]:
 
 def run(quick: bool) -> list[BenchRow]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = run_case("ltcc", with_reference=True)
-    if torch.cuda.is_available():
+    rows: list[BenchRow] = []
+    if torch.cuda.is_available():  # first: the figures a GPU check waits for
         for name in ("ltcc", "celeb", "msmt17"):
             rows += rank_stats_backends_case(name, torch.device("cuda"), repeats=5 if name != "msmt17" else 3)
+            keep_partial(rows)
+    rows += run_case("ltcc", with_reference=True)
+    keep_partial(rows)
     # scaling curve: time and peak memory vs gallery size at a fixed 256 queries, both paths
     for ng in SCALE_GALLERIES if quick else SCALE_GALLERIES + (64000,):
         rows += run_case(f"scale-g{ng}", with_reference=ng <= 16000, repeats=1 if ng > 16000 else 3,
                          size=(SCALE_QUERIES, ng, max(8, ng // 40)))
+        keep_partial(rows)
     from fastccreid.bench.rerank import run_rerank
 
     rows += run_rerank(full=not quick)  # re-ranking rows (issue 27); the MSMT17-size one in full mode only
+    from fastccreid.bench.compat_eval import run_compat
+
+    rows += run_compat(quick)  # strong-baseline R1_mAP_eval vs their eval_func path (issue 26)
+    keep_partial(rows)
     if quick:
         return rows
     rows += run_case("celeb", with_reference=True, repeats=2)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, keep_partial, peak_rss_bytes
 from fastccreid.kernels import batch_hard_triplet_loss, pairwise_distance
 from fastccreid.reference.losses import TripletLoss, euclidean_dist
 
@@ -173,12 +173,17 @@ def run(quick: bool) -> list[BenchRow]:
     rows: list[BenchRow] = []
     for b in sizes:
         rows += triplet_case(b, device, repeats)
+        keep_partial(rows)
     for b in sizes:
         rows += pdist_case(b, b, device, repeats)
+        keep_partial(rows)
     rows += pdist_case(*EVAL_SIZE, device, max(3, repeats // 5))
+    keep_partial(rows)
     if device.type == "cuda":  # the FLOP-rate figures: shapes where the GEMM, not the launch, is timed
         for m in CUDA_PDIST_SIZES:
             rows += pdist_case(m, m, device, max(3, repeats // 3))
+            keep_partial(rows)
         for b in CUDA_TRIPLET_SIZES:
             rows += triplet_forward_case(b, device, max(3, repeats // 3))
+            keep_partial(rows)
     return rows

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.triton
+@pytest.mark.timeout(1500)  # ~3 min on a quiet 2-core EPYC, several times that on a loaded one
 def test_kernels_under_the_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
@@ -21,7 +22,7 @@ def test_kernels_under_the_interpreter():
     files = sorted(str(p) for p in HERE.glob("test_triton_*.py"))
     assert files, f"no test_triton_*.py in {HERE}"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files],
-                         cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=570)
+                         cwd=HERE.parent.parent, env=env, capture_output=True, text=True, timeout=1440)
     report = out.stdout[-8000:] + ("\n" + out.stderr[-2000:] if out.stderr.strip() else "")
     assert out.returncode == 0, f"Triton interpreter session failed (exit {out.returncode}):\n{report}"
     assert " passed" in out.stdout and " skipped" not in out.stdout, report
