@@ -94,7 +94,7 @@ def _available_bytes() -> int:
 
 
 def run_compat(quick: bool) -> list[BenchRow]:
-    from fastccreid.bench.eval import make_features
+    from fastccreid.bench.features import make_features
 
     sizes = {"market1501/8": (421, 1989, 94)} if quick else SIZES
     rows = []

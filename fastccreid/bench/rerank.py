@@ -4,7 +4,7 @@ never Q×G) at Q 4,000 x G 30,000 x D 512 and, with ``--full``, at MSMT17 size (
 Each case runs in a fresh process (spawned) so its peak RSS is its own: features built there, then the timed
 re-ranked evaluation, then, in the same process, the N x N fp32 Gram matmul any exact re-ranking must compute
 (N = Q + G; in row blocks of ``GRAM_ROWS``, each product discarded: the flops, not an N x N array) and the time as
-a multiple of it. Features: ``fastccreid.bench.eval.make_features`` (identity structure), L2-normalised as the
+a multiple of it. Features: ``fastccreid.bench.features.make_features`` (identity structure), L2-normalised as the
 evaluator does.
 """
 
@@ -24,7 +24,7 @@ def _worker(size: tuple[int, int, int, int], queue) -> None:
 
     import torch
 
-    from fastccreid.bench.eval import make_features
+    from fastccreid.bench.features import make_features
     from fastccreid.metrics import evaluate
 
     nq, ng, d, nid = size
