@@ -25,6 +25,12 @@ _JUNK = {"market": "market", "ltcc-general": "market", "celeb": "market", "cuhk0
 CUHK03_REPEATS = 10
 
 
+class NoValidQueryError(ValueError):
+    """No query has a true match in its valid gallery (every query identity is missing after junk removal). A
+    ValueError; the compat forms raise subclasses that are also the error type of the codebase they replace
+    (reid-strong-baseline's AssertionError, open-reid's RuntimeError, Simple-CCReID's ZeroDivisionError)."""
+
+
 @dataclass
 class EvalResult:
     """CMC [max_rank] (float64; length min(max_rank, G)), mAP and mINP in [0, 1], the count of queries that had a
@@ -219,8 +225,8 @@ def _result(st, protocol: str, max_rank: int, nq: int, ng: int, return_per_query
     valid = st.valid.cpu().numpy()
     nvalid = int(valid.sum())
     if nvalid == 0:
-        raise ValueError("no query has a true match in the gallery (after removing junk): all query identities "
-                         "are missing from the gallery")
+        raise NoValidQueryError("no query has a true match in the gallery (after removing junk): all query "
+                                "identities are missing from the gallery")
     cut = min(int(max_rank), ng)
     ap = st.ap.cpu().numpy()[valid]
     inp = st.inp.cpu().numpy()[valid]

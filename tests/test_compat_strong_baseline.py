@@ -53,8 +53,10 @@ def test_eval_func_single_gallery_and_no_valid_query():
     cmc, mAP = sb.eval_func(np.zeros((2, 1), np.float32), [1, 2], [1], [0, 0], [1])
     np.testing.assert_array_equal(cmc, [1.0])
     assert mAP == 1.0
-    with pytest.raises(ValueError, match="no query has a true match"):
+    # theirs: assert num_valid_q > 0; ours a ValueError that is an AssertionError too
+    with pytest.raises(AssertionError, match="no query has a true match") as info:
         sb.eval_func(np.zeros((1, 3)), [5], [1, 2, 3], [0], [1, 1, 1])
+    assert isinstance(info.value, ValueError)
 
 
 def _features(seed, n=40, d=6):
@@ -134,7 +136,34 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="NaN"):
         m.compute()
     m = sb.R1_mAP_eval(5)
-    with pytest.raises(ValueError, match="pids must be 1-D with one entry per item"):
+    with pytest.raises(ValueError, match=r"pid must be 1-D with one entry per row of feat \(40\), got 39"):
         m.update((f, pids[:-1], cams))
+    with pytest.raises(ValueError, match=r"camid must be 1-D with one entry per row of feat \(40\)"):
+        m.update((f, pids, cams[:3]))
+    with pytest.raises(ValueError, match=r"feat must be 2-D \[B, D\]"):
+        m.update((f[0], pids[:1], cams[:1]))
     with pytest.raises(ValueError, match="num_query must be a positive int"):
         sb.R1_mAP_eval(0)
+    with pytest.raises(ValueError, match=r"R1_mAP_eval.compute\(\) before any update\(\)"):
+        sb.R1_mAP_eval(5).compute()
+    with pytest.raises(AssertionError, match="no query has a true match"):  # their assert in eval_func
+        m = sb.R1_mAP_eval(5)
+        m.update((f, np.arange(40), cams))  # every identity once: no query has a gallery match
+        m.compute()
+
+
+def test_compute_uses_eval_func_default_max_rank():
+    """Their compute() calls eval_func(distmat, q_pids, g_pids, q_camids, g_camids) without max_rank: the CMC has
+    50 entries whatever max_rank the metric was built with (80 gallery items here)."""
+    f, pids, cams = _features(3, n=90)
+    nq = 10
+    fn = torch.nn.functional.normalize(f, dim=1)
+    ocmc, omap = oracle_eval(_their_distmat(fn[:nq], fn[nq:]), pids[:nq], pids[nq:], cams[:nq], cams[nq:], 50)
+    for m in (sb.R1_mAP_eval(nq, max_rank=5), sb.R1_mAP_eval(nq, max_rank=5, return_distmat=False),
+              sb.R1_mAP(nq, max_rank=5)):
+        m.update((f[:45], pids[:45], cams[:45]))
+        m.update((f[45:], pids[45:], cams[45:]))
+        cmc, mAP = m.compute()[:2]
+        assert cmc.dtype == np.float32 and cmc.shape == (50,)
+        np.testing.assert_array_equal(cmc, ocmc)
+        assert abs(mAP - omap) < 1e-9
