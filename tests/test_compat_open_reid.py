@@ -106,9 +106,11 @@ def test_mean_ap_matches_sklearn_convention(seed, ties):
     assert abs(ours - oracle_ap(dm, qp, gp, qc, gc)) < 1e-12
 
 
-def test_mean_ap_against_sklearn_when_installed():
+@pytest.mark.parametrize("seed,ties", [(5, True), (6, False), (7, True)])
+def test_mean_ap_against_sklearn_when_installed(seed, ties):
+    """open-reid's mean_ap is sklearn's average_precision_score per query (scikit-learn is in the dev extra)."""
     metrics = pytest.importorskip("sklearn.metrics")
-    dm, qp, gp, qc, gc = _case(5, ties=True)
+    dm, qp, gp, qc, gc = _case(seed, ties=ties)
     aps = []
     for i in range(dm.shape[0]):
         valid = (gp != qp[i]) | (gc != qc[i])
@@ -126,7 +128,11 @@ def test_bad_input():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="distmat contains NaN"):
         orr.mean_ap(bad, qp, gp, qc, gc)
-    with pytest.raises(ValueError, match="no valid query"):
-        orr.cmc(dm, qp + 1000, gp, qc, gc)
+    for flags in (orr.MARKET, orr.CUHK03, orr.ALLSHOTS):  # theirs: RuntimeError("No valid query")
+        with pytest.raises(RuntimeError, match="no valid query") as info:
+            orr.cmc(dm, qp + 1000, gp, qc, gc, **flags)
+        assert isinstance(info.value, ValueError)
+    with pytest.raises(RuntimeError, match="no valid query"):
+        orr.mean_ap(dm, qp + 1000, gp, qc, gc)
     with pytest.raises(ValueError, match="topk must be a positive int"):
         orr.cmc(dm, qp, gp, qc, gc, topk=0)

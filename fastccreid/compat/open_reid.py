@@ -13,15 +13,21 @@ negated distances: tied distances form one threshold (precision at the end of th
 without sklearn. Market-style call: ``cmc(..., first_match_break=True)`` (``MARKET``), CUHK03 style
 ``cmc(..., separate_camera_set=True, single_gallery_shot=True)`` (``CUHK03``).
 
-The Market-style CMC is ``fastccreid.metrics.evaluate``'s (protocol "market"). Differences (README, Differences from
-the official code): ranks tied distances by gallery index (their unstable ``np.argsort``), ValueError instead of
-RuntimeError("No valid query"), and NaN distances rejected.
+The Market-style CMC is ``fastccreid.metrics.evaluate``'s (protocol "market"). Checked against the upstream code
+(Cysu/open-reid ``reid/evaluation_metrics/ranking.py`` and ``reid/evaluators.py``'s ``cmc_configs``; yxgeee/SpCL's
+``spcl/evaluation_metrics/ranking.py`` is the same file, its ``evaluate_all`` keeps only the Market call). The AP is
+that of scikit-learn >= 0.19 (step-wise: sum of recall steps times precision at each distinct score); scikit-learn
+0.18 and older interpolated the PR curve (trapezoids), so numbers printed with those versions differ slightly.
+Differences (README, Differences from the official code): ranks tied distances by gallery index (their unstable
+``np.argsort``), ``NoValidQueryError`` (a ValueError and a RuntimeError, so ``except RuntimeError`` still catches
+it) for their ``RuntimeError("No valid query")``, and NaN distances rejected.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fastccreid.metrics import NoValidQueryError as _NoValidQuery
 from fastccreid.metrics import evaluate as _evaluate
 
 MARKET = dict(separate_camera_set=False, single_gallery_shot=False, first_match_break=True)
@@ -29,6 +35,14 @@ CUHK03 = dict(separate_camera_set=True, single_gallery_shot=True, first_match_br
 ALLSHOTS = dict(separate_camera_set=False, single_gallery_shot=False, first_match_break=False)
 REPEATS = 10
 ROWS = 256
+
+
+class NoValidQueryError(_NoValidQuery, RuntimeError):
+    """No query has a true match in its valid gallery: theirs raises ``RuntimeError("No valid query")``, so this is a
+    RuntimeError as well as a ValueError (``fastccreid.metrics.NoValidQueryError``)."""
+
+
+NO_VALID = "no valid query: no query has a true match in its valid gallery"
 
 
 def _inputs(distmat, query_ids, gallery_ids, query_cams, gallery_cams):
@@ -75,8 +89,11 @@ def cmc(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams
     dm, qids, gids, qcams, gcams = _inputs(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
     if first_match_break and not separate_camera_set and not single_gallery_shot:
         # the Market-style call: the first-match CMC of fastccreid.metrics (protocol "market")
-        res = _evaluate(dm, q_pids=qids, g_pids=gids, q_camids=qcams, g_camids=gcams, protocol="market",
-                        max_rank=int(topk))
+        try:
+            res = _evaluate(dm, q_pids=qids, g_pids=gids, q_camids=qcams, g_camids=gcams, protocol="market",
+                            max_rank=int(topk))
+        except _NoValidQuery:
+            raise NoValidQueryError(NO_VALID) from None
         # past the gallery's end their curve stays at its last value
         return np.concatenate([res.cmc, np.full(int(topk) - len(res.cmc), res.cmc[-1])])
     ret = np.zeros(int(topk))
@@ -111,7 +128,7 @@ def cmc(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams
             k = k[k < topk]
             np.add.at(ret, k, 1.0 if first_match_break else 1.0 / REPEATS)
     if nvalid == 0:
-        raise ValueError("no valid query: no query has a true match in its valid gallery")
+        raise NoValidQueryError(NO_VALID)
     return ret.cumsum() / nvalid
 
 
@@ -130,5 +147,5 @@ def mean_ap(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_
             tp = np.cumsum(y)[end - 1]
             aps.append(float(np.mean(tp / end)))
     if not aps:
-        raise ValueError("no valid query: no query has a true match in its valid gallery")
+        raise NoValidQueryError(NO_VALID)
     return np.float64(np.mean(aps))
