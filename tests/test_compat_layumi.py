@@ -22,9 +22,10 @@ def oracle(qf, ql, qc, gf, gl, gc):
     ap, hits = 0.0, 0
     for r, j in enumerate(kept):
         if j in good:
-            before = hits / r if r > 0 else 1.0
+            # (precision before + precision at the match) / 2 per recall step 1/n_good, in their float order
+            before = hits * 1.0 / r if r != 0 else 1.0
+            ap = ap + (1.0 / len(good)) * (before + (hits + 1) * 1.0 / (r + 1)) / 2
             hits += 1
-            ap += (before + hits / (r + 1)) / 2 / len(good)
             if hits == 1:
                 cmc[r:] = 1
     return ap, cmc
@@ -46,7 +47,20 @@ def test_evaluate_matches_oracle(seed, ties):
         oap, ocmc = oracle(qf, ql, qc, gf, gl, gc)
         assert cmc.dtype == torch.int32 and cmc.shape == (30,)
         np.testing.assert_array_equal(cmc.numpy(), ocmc)
-        assert abs(ap - oap) < 1e-12
+        assert ap == oap  # their arithmetic, bit for bit
+
+
+def test_evaluate_ap_bits_with_many_matches():
+    """Hundreds of matches: the AP is their sequential float64 sum, not a pairwise or reordered one."""
+    rng = np.random.default_rng(11)
+    gf = torch.from_numpy(rng.normal(size=(600, 8)).astype(np.float32))
+    gl, gc = rng.integers(0, 2, 600), rng.integers(0, 4, 600)
+    for i in range(6):
+        qf = torch.from_numpy(rng.normal(size=8).astype(np.float32))
+        ap, cmc = layumi.evaluate(qf, i % 2, i % 4, gf, gl, gc)
+        oap, ocmc = oracle(qf, i % 2, i % 4, gf, gl, gc)
+        assert ap == oap
+        np.testing.assert_array_equal(cmc.numpy(), ocmc)
 
 
 def test_compute_map_trapezoid_by_hand():
@@ -66,8 +80,12 @@ def test_bad_input():
         layumi.evaluate(torch.zeros(2), 1, 0, gf, np.zeros(4), np.zeros(4))
     with pytest.raises(ValueError, match="gl and gc must have one entry per gallery row"):
         layumi.evaluate(torch.zeros(3), 1, 0, gf, np.zeros(3), np.zeros(4))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="qf contains NaN"):
         layumi.evaluate(torch.tensor([0.0, float("nan"), 1.0]), 1, 0, gf, np.zeros(4), np.zeros(4))
+    g = gf.clone()
+    g[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="gf contains NaN or Inf"):
+        layumi.evaluate(torch.zeros(3), 1, 0, g, np.zeros(4), np.zeros(4))
 
 
 def test_new_compat_forms_import_no_dali_torchvision_sklearn():

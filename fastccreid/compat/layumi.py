@@ -11,9 +11,16 @@ averaged by the caller (theirs divides by every query, skipping nothing but the 
 (the Market-1501 MATLAB convention: each match adds ``(precision before it + precision at it) / 2 / n_good``,
 precision before the first rank taken as 1), which is not the AP of the other codebases.
 
-Differences (README, Differences from the official code): tied similarities rank by ascending gallery index
-(theirs reverses numpy's unstable ascending ``argsort``), and bad shapes / NaN features raise a ValueError naming
-the argument.
+Checked against the upstream code (layumi/Person_reID_baseline_pytorch ``evaluate_gpu.py``): ``evaluate`` scores
+``torch.mm(gf, qf.view(-1, 1))``, ranks by ``np.argsort(score)[::-1]``, good = same label from another camera,
+junk = ``gl == -1`` plus same label and same camera; ``compute_mAP`` builds ``torch.IntTensor(len(index))`` before
+the junk is removed (so the CMC spans the whole gallery and stays 1 to its end), returns ``(0, CMC)`` with
+``CMC[0] = -1`` when there is no good index; the script's caller adds up ``CMC`` and ``ap`` over the queries whose
+``CMC[0] != -1`` and divides both by the number of all queries. Our AP is their loop's arithmetic in their order
+(the same float64 bits). Differences (README, Differences from the official code): tied similarities rank by
+ascending gallery index (theirs reverses numpy's unstable ascending ``argsort``), ``compute_mAP`` returns
+``(0.0, zeros)`` where theirs raises IndexError (good indices given but none left after the junk is removed or none
+in ``index``), and bad shapes / NaN features raise a ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ def compute_mAP(index, good_index, junk_index):  # noqa: N802 - their function n
     i = np.arange(rows.size, dtype=np.float64)
     precision = (i + 1) / (rows + 1)
     old = np.where(rows != 0, i / np.maximum(rows, 1), 1.0)
-    ap = float(np.sum((old + precision) / 2) / good.size)
+    # their loop's arithmetic: ap += d_recall * (old + precision) / 2, summed in rank order (cumsum is sequential),
+    # so the AP is theirs to the last bit
+    ap = float(np.cumsum((1.0 / good.size) * (old + precision) / 2)[-1])
     return ap, cmc
 
 
@@ -56,8 +65,9 @@ def evaluate(qf, ql, qc, gf, gl, gc):
     gc = np.asarray(gc.cpu() if hasattr(gc, "cpu") else gc).reshape(-1)
     if len(gl) != g.shape[0] or len(gc) != g.shape[0]:
         raise ValueError(f"gl and gc must have one entry per gallery row ({g.shape[0]}), got {len(gl)} and {len(gc)}")
-    if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(g).all())):
-        raise ValueError("qf or gf contains NaN or Inf")
+    for name, t in (("qf", q), ("gf", g)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
     score = torch.mm(g, q.to(g.dtype).view(-1, 1)).squeeze(1).cpu().numpy()
     index = np.argsort(-score, kind="stable")  # descending similarity, ties by gallery index
     query_index = np.nonzero(gl == ql)[0]
