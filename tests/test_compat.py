@@ -180,6 +180,13 @@ def test_simple_ccreid_no_ground_truth_and_bad_mode():
     assert mAP == 0 and cmc.shape == (dm.shape[1],) and not cmc.any()
     with pytest.raises(ValueError, match=r"mode must be one of \('CC', 'SC'\)"):
         sc.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl, mode="cc")
+    # bad lengths: one line naming the argument (not a numpy broadcasting error)
+    with pytest.raises(ValueError, match=r"g_clothes must be 1-D with one entry per gallery item \(70\)"):
+        sc.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl[:5], mode="SC")
+    # theirs divides by zero valid queries in evaluate: ours is a ValueError and a ZeroDivisionError
+    with pytest.raises(ZeroDivisionError, match="no query has a true match") as info:
+        sc.evaluate(dm, qp + 100, gp, qc, gc)
+    assert isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize("seed,ties", [(4, False), (5, True)])
