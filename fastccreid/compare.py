@@ -33,7 +33,7 @@ def compare_conventions(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=No
     """Rows for every convention that applies: clothes labels add CAL CC / SC. Features [Q, D] / [G, D]."""
     from fastccreid.compat import fastreid, layumi, open_reid, simple_ccreid, strong_baseline, torchreid
     from fastccreid.kernels.seed_distance import chunk_distance
-    from fastccreid.metrics import evaluate, normalize_features
+    from fastccreid.metrics import NoValidQueryError, evaluate, normalize_features
 
     q = torch.as_tensor(np.asarray(qf)) if not isinstance(qf, torch.Tensor) else qf
     g = torch.as_tensor(np.asarray(gf)) if not isinstance(gf, torch.Tensor) else gf
@@ -59,7 +59,7 @@ def compare_conventions(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=No
             try:
                 r = evaluate(dm, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl,
                              protocol=protocol)
-            except ValueError:
+            except NoValidQueryError:
                 continue  # no query has a true match under this rule
             cmc, mAP = simple_ccreid.evaluate_with_clothes(dm, qp, gp, qc, gc, qcl, gcl, mode=mode)
             rows.append(ConventionRow(f"CAL {mode}", protocol, float(cmc[0]), float(mAP), r.mINP,
