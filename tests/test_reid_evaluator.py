@@ -188,6 +188,14 @@ def _ddp_worker(rank, world, store, out):
             j = idx[s : s + 9]
             ev2.update(f[j], p[j], c[j], cl[j], is_query=isq[j], index=j)
         res["interleaved"] = _summary(ev2.compute("market", roc=True))
+        # TransReID's R1_mAP_eval over the same contiguous shards: num_query counts the queries of all ranks
+        from fastccreid.compat.strong_baseline import R1_mAP_eval
+
+        sb = R1_mAP_eval(30, return_distmat=False, process_group=True)
+        for s in range(lo, hi, 11):
+            sl = slice(s, min(hi, s + 11))
+            sb.update((torch.from_numpy(f[sl]), p[sl], c[sl]))
+        res["strong_baseline"] = sb.compute()[:2]
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
         cleanup()
@@ -200,6 +208,11 @@ def test_evaluator_ddp_equals_one_process(world, tmp_path):
     ev = ReIDEvaluator(max_rank=30)
     ev.update(f, p, c, cl, is_query=isq)
     one = {pr: _summary(ev.compute(pr, roc=True)) for pr in ("market", "ltcc-sc")}
+    from fastccreid.compat.strong_baseline import R1_mAP_eval
+
+    m = R1_mAP_eval(30, return_distmat=False)
+    m.update((torch.from_numpy(f), p, c))
+    sb_one = m.compute()[:2]
     for r in range(world):
         got = torch.load(os.path.join(tmp_path, f"rank{r}.pt"), weights_only=False)
         for key, ref in [(("contiguous", "market"), one["market"]), (("contiguous", "ltcc-sc"), one["ltcc-sc"]),
@@ -208,3 +221,5 @@ def test_evaluator_ddp_equals_one_process(world, tmp_path):
             np.testing.assert_allclose(g["cmc"], ref["cmc"], rtol=0, atol=1e-12)
             assert abs(g["mAP"] - ref["mAP"]) <= 1e-12 and abs(g["mINP"] - ref["mINP"]) <= 1e-12
             assert g["n"] == ref["n"] and g["roc"] == ref["roc"]
+        np.testing.assert_allclose(got["strong_baseline"][0], sb_one[0], rtol=0, atol=1e-6)
+        assert abs(got["strong_baseline"][1] - sb_one[1]) <= 1e-12
