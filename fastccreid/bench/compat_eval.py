@@ -57,7 +57,7 @@ def their_compute(feats: torch.Tensor, pids, camids, num_query: int, max_rank: i
     q_camids, g_camids = np.asarray(camids[:num_query]), np.asarray(camids[num_query:])
     m, n = qf.shape[0], gf.shape[0]
     dist = qf.pow(2).sum(1, keepdim=True).expand(m, n) + gf.pow(2).sum(1, keepdim=True).expand(n, m).t()
-    distmat = torch.addmm(dist, qf, gf.t(), beta=1, alpha=-2).numpy()
+    distmat = dist.addmm_(qf, gf.t(), beta=1, alpha=-2).numpy()  # their in-place addmm_: one [Q, G] buffer
     del dist
     indices = np.argsort(distmat, axis=1)
     matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)

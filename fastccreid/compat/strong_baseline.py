@@ -69,7 +69,7 @@ def _addmm_sqeuclidean(qf: torch.Tensor, gf: torch.Tensor) -> np.ndarray:
     """Their ``euclidean_distance``: ||q||^2 + ||g||^2 - 2 q g^T by ``addmm`` (float32 numpy [Q, G])."""
     m, n = qf.shape[0], gf.shape[0]
     dist = qf.pow(2).sum(dim=1, keepdim=True).expand(m, n) + gf.pow(2).sum(dim=1, keepdim=True).expand(n, m).t()
-    dist = torch.addmm(dist, qf, gf.t(), beta=1, alpha=-2)
+    dist.addmm_(qf, gf.t(), beta=1, alpha=-2)  # in place, as theirs: one [Q, G] buffer
     return dist.cpu().numpy()
 
 
