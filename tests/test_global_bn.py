@@ -200,3 +200,54 @@ def test_per_rank_bn_is_what_changes_with_the_process_count(tmp_path):
     running = {k: v for k, v in model.state_dict().items() if "running_mean" in k}
     worst = max(_rel(got[0]["state"][k], v) for k, v in running.items())
     assert worst > 1e-3, worst
+
+
+# ------------------------------------------------------------------ torch.compile: no graph break at the BN layers
+
+
+def _compiled_worker(rank: int, world: int, store: str, out: str) -> None:
+    init_env(rank, world, store)
+    torch.set_num_threads(1)
+    from fastccreid.engine.distributed import cleanup, setup
+    from fastccreid.engine.global_bn import convert_batchnorm
+
+    ctx = setup(use_cpu=True)
+    try:
+        def make() -> torch.nn.Module:
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                      torch.nn.Conv2d(4, 5, 3), torch.nn.BatchNorm2d(5)).double()
+            return convert_batchnorm(net, "global", ctx)
+
+        x = torch.randn(2 * world, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        x = x[2 * rank:2 * rank + 2] * (1 + rank)  # the ranks' statistics differ: a local-only BN would show
+        eager, comp = make(), make()
+        # fullgraph=True: any graph break (one per BN layer if the all-gather or the statistics left the graph)
+        # raises; aot_eager also traces the backward, with its all-reduce
+        cnet = torch.compile(comp, backend="aot_eager", fullgraph=True, dynamic=False)
+        got = {}
+        for name, net, params in (("eager", eager, eager), ("compiled", cnet, comp)):
+            y = net(x)
+            (y.square() * torch.arange(y.numel(), dtype=y.dtype).view_as(y).cos()).sum().backward()
+            got[name] = {"y": y.detach(), "grads": [p.grad.clone() for p in params.parameters()],
+                         "state": {k: v.clone() for k, v in params.state_dict().items()},
+                         "types": sorted({type(m).__name__ for m in params.modules()})}
+        torch.save(got, os.path.join(out, f"{rank}.pt"))
+    finally:
+        cleanup()
+
+
+def test_global_bn_compiles_into_one_graph_with_the_eager_numbers(tmp_path):
+    """torch.compile(fullgraph=True) of a conv/BN/ReLU/conv/BN stack with GlobalBatchNorm on 2 gloo ranks: no graph
+    break (the all-gather and the Chan merge stay in the graph), and the compiled forward, parameter gradients and
+    running statistics equal the eager ones."""
+    spawn(_compiled_worker, 2, (2, str(tmp_path), str(tmp_path)))
+    for r in range(2):
+        got = torch.load(os.path.join(tmp_path, f"{r}.pt"))
+        assert "GlobalBatchNorm" in got["compiled"]["types"]
+        torch.testing.assert_close(got["compiled"]["y"], got["eager"]["y"], rtol=1e-12, atol=1e-12)
+        for a, b in zip(got["compiled"]["grads"], got["eager"]["grads"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for k, v in got["eager"]["state"].items():
+            torch.testing.assert_close(got["compiled"]["state"][k], v, rtol=1e-12, atol=1e-12, msg=k)
+        assert int(got["compiled"]["state"]["1.num_batches_tracked"]) == 1  # the compiled step moved the stats
