@@ -91,6 +91,15 @@ def add_seed_arguments(p: argparse.ArgumentParser) -> None:
                    help="epoch after which the triplet loss is used")
 
 
+def _seeds(text: str) -> list[int]:
+    from fastccreid.engine.seeds import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _margin(text: str) -> float | None:
     if text.lower() in ("none", "soft"):
         return None
@@ -144,7 +153,12 @@ def add_fast_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --evaluate/eval: write query and gallery features (eval-features .npz format)")
     g.add_argument("--max_steps_per_epoch", type=int, default=_D.max_steps_per_epoch,
                    help="cap the batches per epoch (0: the whole epoch); for quick runs and tests")
-    g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--no_progress", action="store_true",
+                   help="no tqdm progress bars (bars are drawn only when stderr is a terminal; otherwise one flushed "
+                        "line an epoch)")
+    g.add_argument("--log_every", type=int, default=_D.log_every, metavar="N",
+                   help="without bars (stderr not a terminal, or --no_progress): also a line every N training steps "
+                        "(0: one line an epoch)")
     g.add_argument("--nproc", type=int, default=_D.nproc,
                    help="processes to start (DDP; gloo with --use_cpu): default one per --gpu_devices entry on CUDA, "
                         "one on CPU; ignored under torchrun")
@@ -169,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train CSSC; every flag of the seed's main.py works unchanged.")
     add_seed_arguments(p)
     add_fast_arguments(p)
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="N[,N...]",
+                   help="one training per seed in SAVE_DIR/seed-N (one after another; with several --gpu_devices on "
+                        "CUDA one per GPU in parallel), then the mean ± std of R-1 / mAP / mINP (last and best epoch) "
+                        "and each run, written to SAVE_DIR/seeds.json")
 
     p = sub.add_parser("eval", help="evaluate a saved or official checkpoint (the seed's --evaluate)",
                        description="Evaluate a checkpoint: same as `train --evaluate --resume CKPT`.")
@@ -283,10 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_bad_images", action="store_true", help="warn about and skip unreadable images")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("report", help="runs side by side from their run.json: a Markdown table and PNG plots",
+                       description="Read run records (a train / eval --save_dir with run.json, or a train --seeds "
+                                   "SAVE_DIR with seeds.json: all its seed-N runs) and write report.md (last and best "
+                                   "R-1 / mAP / mINP per setting, mean ± std over seeds, what ran, configuration "
+                                   "differences) and losses.png, lr.png, map.png, cmc.png.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (or --seeds SAVE_DIRs)")
+    p.add_argument("--out", default="report", metavar="DIR", help="folder for report.md and the PNGs")
+
     p = sub.add_parser("export", help="export a checkpoint's evaluation model (ONNX)",
-                       description="Export the evaluation-mode CSSC (input 'images' float [B, 3, H, W], "
-                                   "ImageNet-normalised; output 'features' [B, 2048], before flip TTA and "
-                                   "L2 normalisation).")
+                       description="Export the evaluation feature (input 'images' float [B, 3, H, W], "
+                                   "ImageNet-normalised; output 'features' [B, 2048] = normalize(f(x) + f(flip x)), "
+                                   "the flip inside the graph: what eval and FeatureExtractor compute). --raw: the "
+                                   "model's output before flip TTA and L2 normalisation (the older graph). --verify "
+                                   "--dataset ...: evaluate the file with ONNX Runtime and torch and exit 1 when an "
+                                   "mAP differs by more than --tolerance points.")
     p.add_argument("--resume", required=True, metavar="CKPT", help="fastccreid or official CSSC checkpoint")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="output format")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
@@ -298,6 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 192)")
     p.add_argument("--exporter", default="dynamo", choices=EXPORTERS,
                    help="torch.onnx exporter: dynamo (torch.export; needs onnxscript) or the older torchscript")
+    p.add_argument("--raw", action="store_true",
+                   help="the older graph: the model's output before flip TTA and L2 normalisation")
+    g = p.add_argument_group("verification (ONNX Runtime vs torch on a dataset)")
+    g.add_argument("--verify", action="store_true",
+                   help="after exporting, extract the query and gallery features through ONNX Runtime and torch, "
+                        "evaluate both, print mAP / R-1 and the largest feature difference; exit 1 past --tolerance")
+    g.add_argument("--verify-only", dest="verify_only", action="store_true",
+                   help="verify the existing --out file against --resume without exporting")
+    g.add_argument("--tolerance", type=float, default=0.1, metavar="POINTS",
+                   help="largest |mAP difference| (percentage points) that passes (default 0.1)")
+    g.add_argument("-d", "--dataset", default=None, choices=DATASET_CHOICES,
+                   help="the dataset to verify on (a public layout, or manifest)")
+    g.add_argument("--dataset_root", default=_D.dataset_root, help="as train's (manifest: the manifest file)")
+    g.add_argument("--dataset_filename", default=_D.dataset_filename, help="as train's")
+    g.add_argument("--test_batch", type=int, default=64, help="images per batch while verifying")
+    g.add_argument("--loader", default="torch", choices=LOADER_CHOICES, help="input pipeline while verifying")
+    g.add_argument("-j", "--num_workers", type=int, default=0, help="data loading workers while verifying")
+    g.add_argument("--use_cpu", action="store_true", help="torch and ONNX Runtime on the CPU even with a GPU")
+    g.add_argument("--verify_json", default="", metavar="FILE", help="also write the verification as JSON")
     return parser
 
 
@@ -313,6 +361,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = TrainConfig.from_namespace(args)
         if cmd == "eval":
             cfg.evaluate = True
+        if getattr(args, "seeds", None):
+            from fastccreid.engine.seeds import run_seeds
+
+            try:
+                return run_seeds(cfg, args.seeds, prog=f"fastccreid {cmd}")
+            except ValueError as exc:
+                print(f"fastccreid {cmd}: error: {exc}", file=sys.stderr)
+                return 2
         return run_train(cfg, prog=f"fastccreid {cmd}")
     if cmd == "eval-features":
         from fastccreid.features_io import run_eval_features
@@ -342,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastccreid.inference import run_extract
 
         return run_extract(args)
+    if cmd == "report":
+        from fastccreid.report import run_report
+
+        return run_report(args)
     if cmd == "export":
         from fastccreid.export import run_export
 

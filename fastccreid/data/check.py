@@ -251,7 +251,8 @@ def decode_files(paths: Sequence[str], num_workers: int = 0, progress: bool = Fa
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), desc="decode", unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=len(paths), desc="decode", unit="img", dynamic_ncols=True, file=sys.stderr,
+                   disable=None)  # a bar on a terminal only
     out: list[tuple[str | None, tuple[int, int] | None]] = []
     try:
         if workers <= 1:

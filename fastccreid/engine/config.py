@@ -84,6 +84,7 @@ class TrainConfig:
     save_features: str = ""
     max_steps_per_epoch: int = 0
     no_progress: bool = False
+    log_every: int = 0  # without bars (stderr not a terminal, or --no_progress): a line every N steps (0: epochs only)
     nproc: int = 0
     eval_amp: bool = False
     deterministic: bool | None = None
@@ -156,7 +157,7 @@ class TrainConfig:
                              f"{self.print_train_info_epoch_freq}")
         if self.nproc < 0:
             raise ValueError(f"--nproc must be >= 0 (0: one process per --gpu_devices entry), got {self.nproc}")
-        for flag, value in (("--max_restarts", self.max_restarts),
+        for flag, value in (("--max_restarts", self.max_restarts), ("--log_every", self.log_every),
                             ("--checkpoint_every_steps", self.checkpoint_every_steps), ("--node_rank", self.node_rank)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0, got {value}")

@@ -84,7 +84,7 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], records: lis
         if cfg.progress and ctx.is_main:
             from tqdm import tqdm
 
-            batches = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+            batches = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # bars on a terminal only
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         for batch in batches:
             x = to_model_input(batch, channels_last=cfg.channels_last, dtype=torch.float32)

@@ -7,8 +7,25 @@ import csv
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def show_bars(progress: bool = True) -> bool:
+    """Whether tqdm bars are drawn: asked for (no ``--no_progress``) and stderr is a terminal (tqdm's own rule with
+    ``disable=None``). Under nohup, a batch scheduler or ``2> file`` there are no bars: one line an epoch instead."""
+    if not progress:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def progress_line(msg: str) -> None:
+    """One progress line on stderr (where the bars would be), flushed at once: readable in a log file."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 class RunLog:
@@ -29,6 +46,7 @@ class RunLog:
             from tqdm import tqdm
 
             tqdm.write(msg)
+            sys.stdout.flush()  # block-buffered when redirected: the line shows up now, not at exit
         else:
             print(msg, flush=True)
         if self.file is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fastccreid.engine import checkpoint as ckpt_io
+from fastccreid.engine import runrecord
 from fastccreid.engine.amp import AmpConfig, resolve_amp
 from fastccreid.engine.config import MIN_HEIGHT, MIN_WIDTH, TrainConfig
 from fastccreid.engine.distributed import (
@@ -40,7 +41,7 @@ from fastccreid.engine.evaluate import EvalConfig, eval_settings, evaluate_model
 from fastccreid.engine.global_bn import convert_batchnorm
 from fastccreid.engine.launch import launch, resolve_nproc, restart_count, under_launcher
 from fastccreid.engine.loss import cssc_loss
-from fastccreid.engine.runlog import BestTracker, MetricsLog, RunLog
+from fastccreid.engine.runlog import BestTracker, MetricsLog, RunLog, progress_line, show_bars
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "MIN_HEIGHT", "MIN_WIDTH", "EpochStats",
            "NonFiniteLossError", "Trainer", "TrainConfig", "as_config", "run_evaluate", "run_train",
@@ -125,7 +126,8 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
                     ctx: DistContext, *, epoch: int, num_steps: int, use_triplet: bool, margin: float | None,
                     backend: str = "auto", channels_last: bool = True, skip: int = 0,
                     stop_requested: Callable[[], bool] = lambda: False, progress: bool = False,
-                    max_epoch: int | None = None, on_step: Callable[[int], None] | None = None) -> EpochStats:
+                    max_epoch: int | None = None, on_step: Callable[[int], None] | None = None,
+                    log_every: int = 0) -> EpochStats:
     """Train epoch ``epoch`` (1-based, as the seed's ``train()``) over ``num_steps`` batches from batch ``skip``.
 
     Stops when ``stop_requested()`` turns true (``interrupted=True``; ``steps`` is then the position to resume
@@ -133,6 +135,9 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
     stops at the same step). Raises ``NonFiniteLossError`` on a NaN/Inf loss. Each step's losses and
     stop flag are summed over ranks in one small all-reduce and read back one step late, so the host never waits
     for the step it has just queued (on a GPU it stays a step ahead).
+
+    ``progress``: a tqdm bar when stderr is a terminal (tqdm's ``disable=None``); otherwise, and with
+    ``progress=False``, ``log_every`` > 0 prints one flushed line every ``log_every`` steps to stderr (rank 0).
     """
     from fastccreid.data.loaders import to_model_input
 
@@ -145,7 +150,8 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
         from tqdm import tqdm
 
         bar = tqdm(total=num_steps, initial=skip, desc=f"epoch {epoch}/{max_epoch or '?'}", leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=None)  # None: no bar unless stderr is a terminal
+    step_lines = log_every > 0 and ctx.is_main and (bar is None or bar.disable)
     lr = optimizer.param_groups[0]["lr"]
     pending: tuple[int, torch.Tensor] | None = None
     stop_at = 0
@@ -162,6 +168,9 @@ def train_one_epoch(net: torch.nn.Module, loader, optimizer: torch.optim.Optimiz
         if bar is not None:
             bar.update(1)
             bar.set_postfix(id=f"{v[0]:.3f}", tri=f"{v[1]:.3f}", refresh=False)
+        if step_lines and (step + 1) % log_every == 0:
+            progress_line(f"epoch {epoch}/{max_epoch or '?'} step {step + 1}/{num_steps}: id {v[0]:.4f} "
+                          f"tri {v[1]:.4f}")
         return bool(v[2] > 0)
 
     t0 = time.perf_counter()
@@ -262,6 +271,7 @@ class Trainer:
             self.scheduler.load_state_dict(resumed["scheduler_state_dict"])
         if resumed is not None and "rng" in resumed:
             ckpt_io.set_rng_state(resumed["rng"])
+        self.record = self._build_record(resumed)
 
         self.train_net: torch.nn.Module = self.model
         if self.ctx.distributed:
@@ -318,6 +328,19 @@ class Trainer:
                      + (f", after step {self.resume_step}" if self.resume_step else ""))
         return ck
 
+    def _build_record(self, resumed: dict[str, Any] | None) -> runrecord.RunRecord:
+        """The run record (``run.json``; rank 0 writes it). A resumed run continues the checkpoint's record: its
+        epochs up to the resumed one are kept and the resume is listed."""
+        c, main = self.cfg, self.ctx.is_main
+        meta = (resumed or {}).get("fastccreid")
+        previous = meta.get("run") if isinstance(meta, dict) and isinstance(meta.get("run"), dict) else None
+        return runrecord.RunRecord(
+            os.path.join(c.save_dir, runrecord.RUN_NAME), kind="train", config=c.to_dict(), seed=c.seed,
+            env=runrecord.environment(self.device, self.ctx.world_size) if main else {},
+            dataset=runrecord.dataset_fingerprint(self.dataset, c.dataset, c.dataset_path) if main else None,
+            enabled=main, previous=previous, resume_epoch=self.start_epoch,
+            resume_from=c.resume if resumed is not None else "")
+
     def _build_train_loader(self):
         from fastccreid.data.loaders import build_train_loader
 
@@ -349,7 +372,7 @@ class Trainer:
             "best": self.best.state(),
             "fastccreid": {"format": ckpt_io.FORMAT_VERSION, "num_classes": self.num_classes,
                            "dataset": self.cfg.dataset, "height": self.cfg.height, "width": self.cfg.width,
-                           "amp": self.amp.name, "config": self.cfg.to_dict()},
+                           "amp": self.amp.name, "config": self.cfg.to_dict(), "run": self.record.to_dict()},
         }
         if metrics:
             state.update(metrics)
@@ -422,7 +445,21 @@ class Trainer:
         return results
 
     def fit(self) -> int:
-        """The training loop; returns the process exit code (0, 3 on a non-finite loss, 130 when interrupted)."""
+        """The training loop; returns the process exit code (0, 3 on a non-finite loss, 130 when interrupted).
+        The run record (``run.json``) is written at the start, after every epoch and at the end with its status."""
+        self.record.write()
+        try:
+            code = self._fit()
+        except BaseException:
+            self.record.finish("failed", 1)
+            self.record.write()
+            raise
+        status = {EXIT_OK: "finished", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+        self.record.finish(status, code)
+        self.record.write()
+        return code
+
+    def _fit(self) -> int:
         c = self.cfg
         handlers = self._install_signal_handlers()
         epochs_bar = None
@@ -437,7 +474,9 @@ class Trainer:
             if self.ctx.is_main and not c.no_progress:
                 from tqdm import tqdm
 
-                epochs_bar = tqdm(total=c.max_epoch, initial=self.start_epoch, desc="epochs", dynamic_ncols=True)
+                epochs_bar = tqdm(total=c.max_epoch, initial=self.start_epoch, desc="epochs", dynamic_ncols=True,
+                                  disable=None)  # None: no bar unless stderr is a terminal
+            epoch_lines = self.ctx.is_main and not show_bars(not c.no_progress)
             start_time = time.perf_counter()
             for epoch in range(self.start_epoch, c.max_epoch):
                 epoch1 = epoch + 1  # the seed's 1-based epoch
@@ -448,7 +487,7 @@ class Trainer:
                         margin=c.margin, backend=c.backend, channels_last=c.channels_last,
                         skip=self.resume_step if epoch == self.start_epoch else 0,
                         stop_requested=lambda: self._stop_requested, progress=not c.no_progress,
-                        max_epoch=c.max_epoch, on_step=self._step_saver(epoch))
+                        max_epoch=c.max_epoch, on_step=self._step_saver(epoch), log_every=c.log_every)
                 except NonFiniteLossError as exc:
                     last = self.last_checkpoint_path()
                     keep = (f"the last good checkpoint is {last}" if os.path.isfile(last)
@@ -465,13 +504,20 @@ class Trainer:
                 if c.print_train_info_epoch_freq > 0 and epoch1 % c.print_train_info_epoch_freq == 0:
                     self.log(f"Ep{stats.epoch} Id:{stats.id_loss:.4f} Tri:{stats.tri_loss:.4f} lr:{stats.lr:.2e} "
                              f"{stats.images_per_s:.1f} img/s {stats.seconds:.1f}s")
+                if epoch_lines:  # no bar (stderr is a file, or --no_progress): one flushed line an epoch
+                    progress_line(f"epoch {stats.epoch}/{c.max_epoch} done: id {stats.id_loss:.4f} "
+                                  f"tri {stats.tri_loss:.4f} lr {stats.lr:.2e}, {stats.images_per_s:.1f} img/s, "
+                                  f"{stats.seconds:.1f}s")
                 row: dict[str, Any] = {"epoch": stats.epoch, "lr": stats.lr, "id_loss": stats.id_loss,
                                        "tri_loss": stats.tri_loss, "steps": stats.steps,
                                        "train_seconds": round(stats.seconds, 3),
                                        "images_per_s": round(stats.images_per_s, 2)}
                 due = (epoch1 > c.start_eval_epoch and c.eval_epoch > 0 and epoch1 % c.eval_epoch == 0) \
                     or epoch1 == c.max_epoch
+                t_eval = time.perf_counter()
                 results = self.evaluate(epoch1) if due else None
+                eval_seconds = time.perf_counter() - t_eval
+                self.record.add_epoch(row, results, eval_seconds)  # before the checkpoints, which carry it
                 flags: dict[str, tuple[bool, bool]] = {}
                 if results:
                     flags = self.best.update(epoch1, results)
@@ -484,6 +530,7 @@ class Trainer:
                     else:
                         self.save_last(epoch)
                 self.metrics.add(row, self.best.state())
+                self.record.write()
                 if epochs_bar is not None:
                     epochs_bar.update(1)
                 stop = all_reduce_sum(torch.full((1,), float(self._stop_requested), device=self.device), self.ctx)
@@ -538,12 +585,43 @@ def run_evaluate(cfg: TrainConfig | argparse.Namespace, ctx: DistContext, log: C
                           channels_last=cfg.channels_last, loader=cfg.loader, num_workers=cfg.num_workers,
                           skip_bad_images=cfg.skip_bad_images, static_batch=use_compile,
                           progress=not cfg.no_progress, loader_output=cfg.loader_output)
+    epoch = ck.get("epoch")
     if ctx.is_main:
-        epoch = ck.get("epoch")
         log(f"Evaluate only: {cfg.resume}" + (f" (epoch {int(epoch) + 1})" if epoch is not None else "")
             + f", amp {amp.name}, device {ctx.device}")
-    return evaluate(model, net, dataset, eval_cfg, ctx, rerank=cfg.reranking, save_features_path=cfg.save_features,
-                    log=log)
+    record = eval_record(cfg, ck, dataset, ctx)
+    record.write()
+    try:
+        results = evaluate(model, net, dataset, eval_cfg, ctx, rerank=cfg.reranking,
+                           save_features_path=cfg.save_features, log=log)
+    except BaseException:
+        record.finish("failed", 1)
+        record.write()
+        raise
+    record.set_evaluation(int(epoch) + 1 if epoch is not None else None, results, amp=amp.name,
+                          reranking=bool(cfg.reranking))
+    record.finish("finished", EXIT_OK)
+    record.write()
+    return results
+
+
+def eval_record(cfg: TrainConfig, ck: dict[str, Any], dataset, ctx: DistContext) -> runrecord.RunRecord:
+    """An ``eval`` run's record (``run.json``, or ``run_eval.json`` beside a training run's): the config, the
+    environment, the dataset fingerprint and which checkpoint (path, size, the run that trained it)."""
+    main = ctx.is_main
+    meta = ck.get("fastccreid") if isinstance(ck.get("fastccreid"), dict) else {}
+    trained = meta.get("run") if isinstance(meta.get("run"), dict) else {}
+    rec = runrecord.RunRecord(
+        runrecord.record_path(cfg.save_dir, "eval"), kind="eval", config=cfg.to_dict(), seed=cfg.seed,
+        env=runrecord.environment(ctx.device, ctx.world_size) if main else {},
+        dataset=runrecord.dataset_fingerprint(dataset, cfg.dataset, cfg.dataset_path) if main else None,
+        enabled=main)
+    rec.data["checkpoint"] = {
+        "path": os.path.abspath(cfg.resume), "bytes": os.path.getsize(cfg.resume),
+        "epoch": int(ck["epoch"]) + 1 if ck.get("epoch") is not None else None,
+        "trained_by": {k: trained.get(k) for k in ("started_at", "seed", "environment", "dataset", "results")}
+        if trained else None}
+    return rec
 
 
 def check_data(cfg: TrainConfig) -> None:
