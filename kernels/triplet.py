@@ -100,6 +100,9 @@ def mining_backward(
     summed over [B] first) and 4B off-diagonal entries. It runs as one ``embedding_bag`` (sum mode, per-sample
     weights: one gather-and-accumulate pass over x), because every elementwise pass over [B, D] costs about as much
     as this whole product on a CPU. Every other op here works on [2B] or [5B] vectors.
+
+    Deterministic on CUDA as on CPU: nothing here scatters floats with atomics (no ``index_add_`` /
+    ``scatter_add_``); every sum is a bag of ``embedding_bag``, added in bag order by one thread.
     """
     b = x.shape[0]
     d = torch.stack([d_ap, d_an])  # [2, B]
@@ -108,15 +111,20 @@ def mining_backward(
     c = torch.where(d > math.sqrt(SQ_FLOOR), g / d, zero).view(-1)  # [2B]: pair scales, positives then negatives
     j = torch.stack([pos_idx, neg_idx]).clamp_(min=0).view(-1)  # [2B]: the partner of each pair
     ar = torch.arange(b, device=x.device)
-    diag = c.view(2, b).sum(0).index_add_(0, j, c)
-    nc = c.neg()
-    # bag r holds every entry of W's row r: (r, r), its own two pairs and the pairs that chose r as partner. Its
-    # offset counts 3 entries per earlier row plus their incoming pairs (index_add: no host sync, unlike bincount
-    # on CUDA); the stable sort puts each row's own entries before its incoming ones
-    incoming = torch.zeros_like(ar).index_add_(0, j, torch.ones_like(j))
-    offsets = incoming.cumsum(0).sub_(incoming).add_(ar, alpha=3)
-    order = torch.sort(torch.cat([ar, ar, ar, j]), stable=True).indices
+    # bag r holds every entry of W's row r: (r, r), its own two pairs and the pairs that chose r as partner; the
+    # stable sort puts each row's own entries (in that order) before its incoming ones (in pair order), and a bag
+    # starts where its row's keys start (searchsorted on the sorted keys: no count, no scatter, no host sync)
+    keys, order = torch.sort(torch.cat([ar, ar, ar, j]), stable=True)
+    offsets = torch.searchsorted(keys, ar)
     cols = torch.cat([ar, j, ar, ar])[order]
+    # W's diagonal, diag[r] = c_ap[r] + c_an[r] + the scales of the pairs that chose r, summed over the same bags
+    # (a (r, r) slot reads the appended zero): embedding_bag's sum adds a bag's entries in order, one thread per
+    # (bag, feature) on CUDA (ATen EmbeddingBag.cu, EmbeddingBag_updateOutputKernel_sum_mean), so the diagonal has
+    # the same bits run to run; index_add_ on CUDA adds fp32 with atomics, in whatever order they land. On CPU the
+    # order is the host twin's (c_ap + c_an, then the incoming pairs in index order).
+    slot = torch.cat([torch.full_like(ar, 2 * b), torch.arange(2 * b, device=x.device).repeat(2)])[order]
+    diag = F.embedding_bag(slot, torch.cat([c, zero.view(1)])[:, None], offsets, mode="sum")[:, 0]
+    nc = c.neg()
     vals = torch.cat([diag, nc, nc])[order]
     grad = F.embedding_bag(cols, x.detach().to(d.dtype), offsets, mode="sum", per_sample_weights=vals)
     return grad.to(x.dtype)

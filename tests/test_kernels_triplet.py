@@ -290,3 +290,45 @@ def test_torch_compile_fullgraph_torch_path():
     ref.backward()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+# ops that add floats with atomics on CUDA, in whatever order the threads land (torch.use_deterministic_algorithms'
+# documentation lists them as nondeterministic there)
+_ATOMIC_FLOAT_SCATTERS = ("index_add", "index_add_", "scatter_add", "scatter_add_", "scatter_reduce",
+                          "scatter_reduce_", "index_put", "index_put_", "_index_put_impl_", "put_", "put")
+
+
+def test_torch_twin_backward_adds_no_floats_with_atomics():
+    """The backward CUDA tensors run (the torch twin's and the Triton path's ``mining_backward``) sums by
+    ``embedding_bag`` bags only, so it has the same bits run to run on a GPU (--deterministic): no float scatter
+    op in it; and on CPU it equals the host twin bit for bit (the same summation order)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastccreid.kernels.triplet import BatchHardTripletLossFunction
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[tuple[str, torch.dtype | None]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            self.seen.append((func.overloadpacket.__name__, first.dtype if first is not None else None))
+            return out
+
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 3, 4])  # partners chosen by several anchors
+    base = torch.randn(12, 40, generator=gen).round(decimals=1)
+    xs = [base.clone().requires_grad_() for _ in range(2)]
+    losses = [BatchHardTripletLossFunction.apply(x, labels, 0.3, kernel, True)
+              for x, kernel in zip(xs, ("host", "torch"), strict=True)]
+    losses[0].backward()
+    ops = Ops()
+    with ops:
+        losses[1].backward()
+    float_scatters = [(n, dt) for n, dt in ops.seen if n in _ATOMIC_FLOAT_SCATTERS and dt is not None
+                      and dt.is_floating_point]
+    assert not float_scatters, float_scatters
+    assert sum(n.startswith("_embedding_bag") for n, _ in ops.seen) == 2, ops.seen  # the diagonal, the product
+    assert torch.equal(xs[0].grad, xs[1].grad)
