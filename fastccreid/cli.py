@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from fastccreid.bench import SUITES
-from fastccreid.data.datasets import DATASET_CHOICES, DATASET_NAMES
+from fastccreid.data.datasets import DATASET_CHOICES, MANIFEST_SPLITS
 from fastccreid.engine.config import (
     AMP_CHOICES,
     BACKEND_CHOICES,
@@ -286,11 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(sub-folders included) or a text list of paths, written as the .npz that "
                                    "eval-features reads, plus the image paths ('paths'). With --layout, pids / "
                                    "camids / clothes ids come from the file names as that dataset's parser reads "
-                                   "them; without it they are -1 (features only).")
+                                   "them (--layout manifest: --images is a manifest, its rows give paths and "
+                                   "labels, --split picks the split); without it they are -1 (features only).")
     p.add_argument("--resume", required=True, metavar="CKPT", help="fastccreid or official CSSC checkpoint")
-    p.add_argument("--images", required=True, metavar="DIR_OR_LISTFILE", help="image folder or list file")
+    p.add_argument("--images", required=True, metavar="DIR_OR_LISTFILE", help="image folder, list file, or manifest")
     p.add_argument("--out", required=True, metavar="FEATS.npz", help="features file to write (atomically)")
-    p.add_argument("--layout", default=None, choices=DATASET_NAMES, help="read labels from the file names")
+    p.add_argument("--layout", default=None, choices=DATASET_CHOICES,
+                   help="read labels from the file names; manifest: --images is a manifest (CSV / JSON Lines) and "
+                        "paths and labels (as written) come from its rows")
+    p.add_argument("--split", default=None, choices=(*MANIFEST_SPLITS, "all"),
+                   help="with --layout manifest: the split to extract into --out (default all: one "
+                        "<out>_<split>.npz per split with rows, as eval --save_features names them)")
     p.add_argument("--batch_size", type=int, default=_D.test_batch, help="images per forward pass")
     p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 384)")
     p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 192)")

@@ -287,12 +287,17 @@ def write_features_npz(path: str, feats: torch.Tensor, pids: np.ndarray, camids:
     return path
 
 
-def run_extract(args) -> int:
-    """``fastccreid extract``: features of a folder or list of images -> an ``eval-features`` ``.npz``."""
-    from fastccreid.data.datasets import parse_image_labels
-    from fastccreid.models import PretrainedWeightsError
+def extract_jobs(args) -> list[tuple[str, str, list[str], list | None]]:
+    """(output file, set name, image paths, labels or None) for each file ``fastccreid extract`` writes: one for a
+    folder or list; with ``--layout manifest`` one per split asked for (``--split``; all: ``<out>_<split>.npz`` for
+    every split with rows, as ``eval --save_features`` names its files). Every input problem raises here, before
+    a model is loaded or anything written."""
+    from fastccreid.data.datasets import MANIFEST, manifest_splits, parse_image_labels
 
-    try:
+    split = getattr(args, "split", None)
+    if args.layout != MANIFEST:
+        if split is not None:
+            raise ValueError(f"--split {split}: only with --layout manifest (a folder or list is one set)")
         paths = list_images(args.images)
         labels = parse_image_labels(args.layout, paths) if args.layout else None
         if labels is not None and args.layout == "market1501":
@@ -302,27 +307,52 @@ def run_extract(args) -> int:
                       file=sys.stderr)
                 keep = [i for i, r in enumerate(labels) if r.pid != -1]
                 paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+        return [(args.out, "extract", paths, labels)]
+    if os.path.isdir(args.images):
+        raise ValueError(f"--images {args.images}: is a folder; with --layout manifest pass the manifest file "
+                         f"(CSV or JSON Lines)")
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out}: the features file must end in .npz")
+    splits = manifest_splits(args.images, None if split in (None, "all") else split)
+    base = args.out[: -len(".npz")]
+    one = split not in (None, "all")
+    return [(args.out if one else f"{base}_{s}.npz", s, [r.path for r in recs], recs) for s, recs in splits.items()]
+
+
+def run_extract(args) -> int:
+    """``fastccreid extract``: features of a folder, a list of images or a manifest's splits -> ``eval-features``
+    ``.npz`` files. All sets are extracted before any file is written (each atomically)."""
+    from fastccreid.models import PretrainedWeightsError
+
+    results = []
+    try:
+        jobs = extract_jobs(args)
         extractor = FeatureExtractor(args.resume, device="cpu" if args.use_cpu else None,
                                      batch_size=args.batch_size, height=args.height, width=args.width,
                                      amp=args.amp, loader=args.loader, num_workers=args.num_workers,
                                      progress=not args.no_progress)
-        print(f"=> {len(paths)} image(s) from {args.images}; {extractor!r}", file=sys.stderr)
-        res = extractor.extract_paths(paths, skip_bad_images=args.skip_bad_images, desc="extract")
-        if len(res.index) == 0:
-            raise ValueError(f"--images {args.images}: no image could be read")
-        n = len(res.index)
-        if labels is None:
-            pids = camids = clothes = np.full(n, -1, np.int64)
-        else:
-            rows = [labels[i] for i in res.index]
-            pids = np.array([r.pid for r in rows], np.int64)
-            camids = np.array([r.camid for r in rows], np.int64)
-            clothes = np.array([r.clothes_id for r in rows], np.int64)
-        out = write_features_npz(args.out, res.feats, pids, camids, clothes, [paths[i] for i in res.index])
+        for out, name, paths, labels in jobs:
+            where = args.images if name == "extract" else f"{args.images} split {name!r}"
+            print(f"=> {len(paths)} image(s) from {where}; {extractor!r}", file=sys.stderr)
+            res = extractor.extract_paths(paths, skip_bad_images=args.skip_bad_images, desc=name)
+            if len(res.index) == 0:
+                raise ValueError(f"--images {where}: no image could be read")
+            n = len(res.index)
+            if labels is None:
+                pids = camids = clothes = np.full(n, -1, np.int64)
+            else:
+                rows = [labels[i] for i in res.index]
+                pids = np.array([r.pid for r in rows], np.int64)
+                camids = np.array([r.camid for r in rows], np.int64)
+                clothes = np.array([r.clothes_id for r in rows], np.int64)
+            results.append((out, res, pids, camids, clothes, [paths[i] for i in res.index], labels is not None))
+        written = [(write_features_npz(out, res.feats, pids, camids, clothes, kept), res, labelled)
+                   for out, res, pids, camids, clothes, kept, labelled in results]
     except (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError) as exc:
         print(f"fastccreid extract: error: {exc}", file=sys.stderr)
         return 2
-    skipped = f", {len(res.skipped)} unreadable skipped" if res.skipped else ""
-    print(f"wrote {out}: {n} x {res.feats.shape[1]} features{skipped}"
-          + ("" if labels else " (no --layout: pids / camids / clothes are -1)"))
+    for out, res, labelled in written:
+        skipped = f", {len(res.skipped)} unreadable skipped" if res.skipped else ""
+        print(f"wrote {out}: {len(res.index)} x {res.feats.shape[1]} features{skipped}"
+              + ("" if labelled else " (no --layout: pids / camids / clothes are -1)"))
     return 0

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fastccreid.cli import main
+from fastccreid.cli import build_parser, main
 from fastccreid.data import build_dataset
 from fastccreid.data.datasets import DATASET_NAMES, parse_image_labels
 from fastccreid.data.synth import make_synthetic
 from fastccreid.engine.checkpoint import CheckpointError, save_checkpoint
 from fastccreid.engine.config import TrainConfig
-from fastccreid.inference import FeatureExtractor, list_images
+from fastccreid.inference import FeatureExtractor, extract_jobs, list_images
 from fastccreid.models import CSSC
 
 H, W = 128, 64  # the checkpoint's config size: the extractor must take it from there
@@ -128,6 +128,83 @@ def test_extract_then_eval_features_equals_eval(setup, capsys):
         theirs = _eval_features_json(tmp, f"ev-{protocol}", str(tmp / "ev_query.npz"), str(tmp / "ev_gallery.npz"),
                                      protocol)
         assert ours == theirs
+
+
+def _manifest_of(setup, name: str, edit=None) -> str:
+    """A CSV manifest of the fixture's LTCC images (relative paths, its parser's labels, gallery rows first; two
+    train rows: extraction needs no train set)."""
+    import csv
+
+    ds, tmp = setup["dataset"], setup["tmp"]
+    rows = [{"path": os.path.relpath(r.path, tmp), "pid": r.pid, "camid": r.camid, "split": s,
+             "clothes_id": r.clothes_id} for s in ("gallery", "train", "query")
+            for r in (ds.train[:2] if s == "train" else getattr(ds, s))]
+    if edit is not None:
+        edit(rows)
+    path = str(tmp / name)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_extract_a_manifest_then_eval_features_equals_eval(setup, capsys):
+    """--layout manifest: every split of one manifest (default --split all: <out>_<split>.npz) or one split into
+    --out; paths and labels as its rows say; eval-features on the query and gallery files = eval's own files."""
+    tmp, ds = setup["tmp"], setup["dataset"]
+    manifest = _manifest_of(setup, "m.csv")
+    base = ["extract", "--resume", setup["ck"], "--images", manifest, "--layout", "manifest", "--use_cpu",
+            "--loader", "torch", "-j", "0", "--no_progress"]
+    assert main([*base, "--out", str(tmp / "mx.npz")]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for split in ("gallery", "train", "query"):
+        assert f"wrote {tmp / f'mx_{split}.npz'}" in out
+    g, q = np.load(str(tmp / "mx_gallery.npz")), np.load(str(tmp / "mx_query.npz"))
+    assert list(g["paths"]) == [r.path for r in ds.gallery] and list(q["paths"]) == [r.path for r in ds.query]
+    for got, ev in ((g, setup["gallery"]), (q, setup["query"])):
+        for key in ("feats", "pids", "camids", "clothes"):
+            np.testing.assert_array_equal(got[key], ev[key])
+    t = np.load(str(tmp / "mx_train.npz"))
+    np.testing.assert_array_equal(t["pids"], [r.pid for r in ds.train[:2]])  # the train rows' ids as written
+    # the same arrays as eval's files, so eval-features gives eval's numbers; it reads them, end to end:
+    res = _eval_features_json(tmp, "mx", str(tmp / "mx_query.npz"), str(tmp / "mx_gallery.npz"), "ltcc-cc")
+    assert res["num_valid_queries"] > 0
+    # --split: that split alone, into --out as given (the jobs, before any model is loaded)
+    args = build_parser().parse_args([*base, "--split", "query", "--out", str(tmp / "q.npz")])
+    [(out, name, paths, labels)] = extract_jobs(args)
+    assert (out, name, paths) == (str(tmp / "q.npz"), "query", [r.path for r in ds.query])
+    assert [(r.pid, r.camid, r.clothes_id) for r in labels] == [(r.pid, r.camid, r.clothes_id) for r in ds.query]
+
+
+def _bad_split(rows):
+    rows[2]["split"] = "test"
+
+
+@pytest.mark.parametrize("case", ["bad row", "empty split", "split without manifest", "folder as manifest"])
+def test_extract_a_bad_manifest_is_one_line_and_writes_nothing(setup, capsys, tmp_path, case):
+    argv = ["extract", "--resume", setup["ck"], "--layout", "manifest", "--out", str(tmp_path / "f.npz"),
+            "--use_cpu", "--loader", "torch", "-j", "0", "--no_progress"]
+    if case == "bad row":  # CSV: the header is line 1, row i line i + 2
+        manifest = _manifest_of(setup, "bad.csv", _bad_split)
+        argv += ["--images", manifest]
+        expected = f"{manifest}:4: split must be one of train, query, gallery, query_same, query_diff, got 'test'"
+    elif case == "empty split":
+        manifest = _manifest_of(setup, "m.csv")
+        argv += ["--images", manifest, "--split", "query_same"]
+        expected = f"{manifest}: empty split 'query_same': no rows with split 'query_same' (splits with rows: "
+    elif case == "split without manifest":
+        argv[argv.index("manifest")] = "ltcc"
+        argv += ["--images", os.path.join(setup["root"], "query"), "--split", "query"]
+        expected = "--split query: only with --layout manifest"
+    else:
+        argv += ["--images", str(setup["tmp"])]
+        expected = f"--images {setup['tmp']}: is a folder; with --layout manifest pass the manifest file"
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fastccreid extract: error: {expected}") and "\n" not in err, err
+    assert os.listdir(tmp_path) == []  # nothing written, not even a temporary file
 
 
 def test_extract_list_file_without_layout_and_bad_images(setup, capsys):

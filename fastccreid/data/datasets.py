@@ -586,6 +586,29 @@ def parse_manifest(path: str) -> ReIDDataset:
     return manifest_dataset(mr)[0]
 
 
+def manifest_splits(path: str | os.PathLike[str], split: str | None = None) -> dict[str, list[ImageRecord]]:
+    """A manifest's rows by split as records with the ids as written (nothing relabelled, train included;
+    clothes_id = pid without a clothes column, as ``manifest_dataset`` does for its test sets), in manifest order:
+    ``fastccreid extract --layout manifest``. ``split``: only that split (None: every split with rows). Raises the
+    first bad row's ManifestError, or one naming the file when the split asked for (or the whole file) has no
+    rows; unlike ``parse_manifest``, train rows are not required (a test-only manifest extracts)."""
+    mr = read_manifest(path)
+    if mr.problems:
+        raise mr.problems[0]
+    if split is not None and split not in MANIFEST_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(MANIFEST_SPLITS)} or all; got {split!r}")
+    out: dict[str, list[ImageRecord]] = {}
+    for r in mr.rows:
+        if split is None or r.split == split:
+            out.setdefault(r.split, []).append(ImageRecord(r.path, r.pid, r.camid,
+                                                           r.pid if r.clothes_id is None else r.clothes_id))
+    if not out:
+        what = f"split {split!r}: no rows with split {split!r}" if split is not None else "no rows"
+        raise ManifestError(mr.path, None, f"empty {what} (splits with rows: "
+                                           f"{', '.join(sorted({r.split for r in mr.rows})) or 'none'})")
+    return {s: out[s] for s in MANIFEST_SPLITS if s in out}
+
+
 def manifest_location(root: str, filename: str) -> str:
     """The manifest named by ``--dataset_root`` (a file) or by ``--dataset_root DIR --dataset_filename NAME``."""
     if filename and os.path.isdir(root):
