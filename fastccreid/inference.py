@@ -214,7 +214,8 @@ class FeatureExtractor:
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr)
+            batches = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr,
+                           disable=None)  # a bar on a terminal only
         feats, index = [], []
         for batch in batches:
             feats.append(self.features(batch).cpu())
