@@ -18,6 +18,7 @@ from torch.library import triton_op
 from fastccreid.kernels._backend import triton_interpret
 from fastccreid.kernels._triton_gram import (
     aligned_rows,
+    autotune_bucket,
     check_grid,
     decompose_on_cuda_only,
     dot_fp32,
@@ -60,11 +61,14 @@ def _configs() -> list[triton.Config]:
     return IEEE_CONFIGS + MMA_CONFIGS
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "METRIC", "IEEE"],
+# Autotuned per size bucket (M_KEY, N_KEY, K_KEY: autotune_bucket of M, N, K; the kernel itself never reads them),
+# not per exact shape: a new gallery size or a last partial chunk reuses its bucket's choice instead of benchmarking
+# every config again.
+@triton.autotune(configs=_configs(), key=["M_KEY", "N_KEY", "K_KEY", "METRIC", "IEEE"],
                  prune_configs_by={"early_config_prune": path_pruner(gpu_configs)})
 @triton.jit
 def _pairwise_kernel(
-    x_ptr, y_ptr, out_ptr, M, N, K,
+    x_ptr, y_ptr, out_ptr, M, N, K, M_KEY, N_KEY, K_KEY,
     stride_xm, stride_xk, stride_ym, stride_yk, stride_om, stride_on,
     METRIC: tl.constexpr, IEEE: tl.constexpr, DOT_FP32: tl.constexpr, SQ_FLOOR: tl.constexpr, NORM_EPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -119,7 +123,7 @@ def pairwise_distance_launch(x: torch.Tensor, y: torch.Tensor, metric: int) -> t
         return pairwise_grid(m, n, meta["BLOCK_M"], meta["BLOCK_N"])
 
     traceable(_pairwise_kernel)[grid](
-        x, y, out, m, n, k,
+        x, y, out, m, n, k, autotune_bucket(m), autotune_bucket(n), autotune_bucket(k),
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
         METRIC=metric, IEEE=x.dtype == torch.float32, DOT_FP32=dot_fp32(x.dtype), SQ_FLOOR=1e-12, NORM_EPS=1e-12,
     )

@@ -71,14 +71,30 @@ def traceable(kernel):
 def path_pruner(gpu_configs):
     """An ``early_config_prune`` that autotunes only the configs of a launch's path: ``gpu_configs(ieee)`` gives
     the fp32 IEEE (``ieee``) or tensor-core fp16 / bf16 configs. Configs are matched by value, because torch.compile
-    hands the pruner copies of them; the interpreter's single config is in neither list and is kept."""
+    hands the pruner copies of them; the interpreter's single config is in neither list and is kept.
+
+    Under ``torch.use_deterministic_algorithms(True)`` (``--deterministic`` on CUDA) only the path's first config is
+    kept: configs differ in tile shape and K step, hence in how a tile's squared norms are reduced (the last bits),
+    and which one autotuning picks depends on timing noise, so a fresh process (a resumed run) could pick another.
+    The pruner runs once per autotune key (the choice is cached), so the mode must be set before the first launch,
+    as the trainer does."""
 
     def prune(configs, named_args, **kwargs):
         ieee = kwargs.get("IEEE", named_args.get("IEEE"))
-        wanted = {_config_key(c) for c in gpu_configs(bool(ieee))}
+        wanted = [_config_key(c) for c in gpu_configs(bool(ieee))]
+        if torch.are_deterministic_algorithms_enabled():
+            wanted = wanted[:1]
         return [c for c in configs if _config_key(c) in wanted] or configs
 
     return prune
+
+
+def autotune_bucket(n: int) -> int:
+    """The size an autotune key holds for ``n``: the next power of two (1 for n <= 1). Keys on exact sizes would
+    benchmark every config again for every new shape (each evaluation's gallery, a last partial chunk); within a
+    bucket the same tile wins closely enough, and results never depend on it (every config computes the same
+    masked tiles)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _config_key(c: triton.Config) -> tuple:
