@@ -101,8 +101,9 @@ def apply_deterministic(flag: bool, algorithms_on: torch.device | None = None) -
     off, cuDNN may benchmark its algorithms for the static shapes (faster, not bit-reproducible). With
     ``algorithms_on`` a CUDA device (an explicit ``--deterministic`` on a GPU) also
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` and CUBLAS_WORKSPACE_CONFIG=:4096:8 (unless set):
-    index_add_ on CUDA (the triplet backward's scatter) then runs its deterministic sort-based kernel, cuBLAS
-    keeps fixed reductions; an op with no deterministic CUDA kernel stays as it is and torch warns, naming it.
+    cuBLAS keeps fixed reductions, the Triton distance / batch-hard kernels run one fixed config instead of
+    autotuning (kernels/_triton_gram.py path_pruner; set before their first launch); an op with no deterministic
+    CUDA kernel stays as it is and torch warns, naming it. The triplet backward has no atomics either way.
     CPU kernels here are deterministic already, so CPU runs are left alone."""
     torch.backends.cudnn.deterministic = bool(flag)
     torch.backends.cudnn.benchmark = not flag
