@@ -130,3 +130,40 @@ def test_labels_and_host_to_device_do_not_block():
     assert pids.tolist() == [1, 1, 2] and camids.tolist() == [0, 1, 1] and clothes.tolist() == [0, 1, 1]
     t = torch.arange(4)
     assert host_to_device(t, "cpu") is t  # CPU: no copy, no pinning
+
+
+def _borrowed(rows: int = 3) -> tuple[np.ndarray, torch.Tensor]:
+    """A DALI-like output: a tensor viewing a buffer its owner refills at the next iteration."""
+    buffer = np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)
+    return buffer, torch.from_numpy(buffer)
+
+
+def test_borrowed_host_buffers_are_copied_before_they_leave():
+    """DALI's CPU outputs (erase / valid boxes, indices) are valid for one iteration only: what the loader hands
+    on owns its data, so refilling the buffer changes nothing already handed out."""
+    buffer, view = _borrowed()
+    out = transforms.borrowed_host_to_device(view, "cpu")
+    buffer[:] = -1  # DALI reuses the buffer for the next batch
+    assert torch.equal(out, torch.arange(24, dtype=torch.float32).reshape(3, 8))
+
+
+def test_borrowed_buffers_reach_cuda_from_a_staged_pinned_copy(monkeypatch):
+    """Where CUDA is available the non-blocking copy's source is a fresh pinned copy (torch's caching host
+    allocator keeps it until the copy has run), never the borrowed view itself, even when that view is already
+    pinned (``host_to_device`` would copy from it directly). The meta device stands in for CUDA, a clone for the
+    pinned copy."""
+    staged: list[torch.Tensor] = []
+
+    def fake_pinned_copy(t):
+        staged.append(t.clone())
+        return staged[-1]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(transforms, "pinned_copy", fake_pinned_copy)
+    buffer, view = _borrowed()
+    traffic = HostTraffic()
+    with traffic:
+        out = transforms.borrowed_host_to_device(view, DEV)
+    assert out.device == DEV and out.shape == view.shape
+    assert len(staged) == 1 and staged[0].data_ptr() != view.data_ptr()
+    assert traffic.copies and all(non_blocking for _, non_blocking in traffic.copies), traffic.copies

@@ -36,9 +36,9 @@ from fastccreid.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BadImageError,
+    borrowed_host_to_device,
     check_magic,
     flip_pad_crop_uint8,
-    host_to_device,
     load_rgb,
     normalize_on_device,
     paint_boxes,
@@ -343,8 +343,9 @@ class DaliTrainLoader(EpochTrainLoader):
                     images, index, boxes = outputs[:3]
                     indices = torch.from_numpy(np.asarray(index.as_array(), dtype=np.int64).reshape(-1))
                     pids, camids, clothes = labels_on_device(self.records, indices.numpy(), self.device)
-                    # pinned + non_blocking on CUDA (host_to_device): the host queues the step instead of waiting
-                    box = host_to_device(torch.from_numpy(boxes.as_array().reshape(-1, 8)), self.device)
+                    # staged in torch's pinned memory + non_blocking on CUDA: the host queues the step instead of
+                    # waiting, and DALI's buffers (valid for this iteration only) are never a pending copy's source
+                    box = borrowed_host_to_device(torch.from_numpy(boxes.as_array().reshape(-1, 8)), self.device)
                     if source.host_resize:
                         x = _host_resize(images, self.height, self.width, outputs[3].as_array().reshape(-1, 2))
                         if self.normalize_in_loader:
@@ -353,7 +354,7 @@ class DaliTrainLoader(EpochTrainLoader):
                         x = _to_torch(images, self.device, self.normalize_in_loader)
                         if self.normalize_in_loader:  # paint the padding band and erase boxes (~1 ms a batch)
                             x = paint_boxes(x, box[:, :4], box[:, 4:])
-                    yield Batch(x, pids, camids, clothes, host_to_device(indices, self.device),
+                    yield Batch(x, pids, camids, clothes, borrowed_host_to_device(indices, self.device),
                                 self.normalize_in_loader, box[:, :4], box[:, 4:])
                     consumed += 1
             except Exception:  # noqa: BLE001 - a failed decode (RuntimeError) or a worker's error (bare Exception)
@@ -425,7 +426,7 @@ class DaliEvalLoader(EpochEvalLoader):
                             x = normalize_on_device(x)
                     else:
                         x = _to_torch(images, self.device, self.normalize_in_loader)
-                    yield Batch(x, pids, camids, clothes, host_to_device(indices, self.device),
+                    yield Batch(x, pids, camids, clothes, borrowed_host_to_device(indices, self.device),
                                 self.normalize_in_loader)
                     done += len(indices)
                     batches += 1

@@ -67,6 +67,29 @@ def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def borrowed_host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``host_to_device`` for ``t`` that views memory its owner may reuse or free (a DALI output: "TensorList wraps
+    the outputs of current iteration and is valid only for the duration of the iteration ... If you wish to retain
+    the data you need to copy it", DALI's data_types documentation). The result owns its data, whatever ``t``
+    does: for CUDA the rows are first copied into a pinned block of torch's caching host allocator (synchronously,
+    on the host), and that block is the non-blocking copy's source; torch records an event on the copy's stream
+    when the block is freed and hands it out again only after that event (CachingHostAllocator's record_event in
+    ATen's cuda/Copy.cu), so the source outlives the copy. ``host_to_device`` would instead copy straight from
+    ``t`` when ``t`` is already pinned (DALI's own pinned buffers), reading memory DALI may refill before the copy
+    runs. Elsewhere ``t`` is copied (``.to(device, copy=True, non_blocking=True)``: synchronous from pageable
+    memory)."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type != "cpu" and torch.cuda.is_available():
+        return pinned_copy(t).to(device, non_blocking=True)
+    return t.to(device, copy=True, non_blocking=True)
+
+
+def pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of CPU tensor ``t`` in a pinned block of torch's caching host allocator (needs CUDA)."""
+    staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return staged.copy_(t)
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode ``path`` to an RGB PIL image (grayscale, palette and RGBA converted as the seed's ``convert('RGB')``);
     a missing, truncated or corrupt file raises BadImageError naming it, once (never the seed's endless retry)."""
