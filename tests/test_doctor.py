@@ -245,3 +245,24 @@ def test_no_recompile_check_through_train_eval_and_the_padded_last_batch():
     # the partial last batch unpadded is a new shape: the check catches the recompile
     ok, detail = doctor.no_recompile_check("cpu", _TinyCSSC(), size=(32, 16), pad_last=False)
     assert not ok and "eval 1 last batch 1" in detail, detail
+
+
+def test_the_data_package_never_imports_the_doctor():
+    """The doctor imports the DALI loader (its version parser lives there); nothing in fastccreid.data imports the
+    doctor back, at the top or inside a function (the import circle data/dali.py <-> doctor.py is gone)."""
+    import ast
+    import os
+
+    import fastccreid.data
+
+    folder = os.path.dirname(fastccreid.data.__file__)
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(folder, name)).read())):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                    if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{name}: {m}" for m in mods if m == "fastccreid.doctor" or m.startswith("fastccreid.doctor.")]
+    assert not found, found
