@@ -93,3 +93,51 @@ def test_bench_cli_runs_a_quick_suite_and_writes_the_documented_json(tmp_path):
     assert sorted(cases) == sorted([f"triplet fwd+bwd B={b} D=2048" for b in (32, 256)]
                                    + [f"pdist euclidean {m}x{n} D=2048" for m, n in ((32, 32), (256, 256),
                                                                                    (493, 7050))])
+
+
+def test_cuda_event_timing_keeps_the_host_syncs_outside_the_timed_region(monkeypatch):
+    """With ``events`` on a CUDA device each timed call sits between two recorded events and the host waits only
+    after the second: the time is the events' elapsed time, never a wall time that includes a sync. A fake
+    ``torch.cuda`` (Event, synchronize) logs the order of calls."""
+    from fastccreid.bench.common import interleaved_medians
+
+    log: list[str] = []
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            FakeEvent.clock += 1.0
+            self.t = FakeEvent.clock
+            log.append("record")
+
+        def synchronize(self):
+            log.append("wait")
+
+        def elapsed_time(self, other):  # milliseconds, as torch.cuda.Event.elapsed_time
+            return 250.0 * (other.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    med = interleaved_medians({"k": lambda: log.append("fn")}, 3, torch.device("cuda"), events=True)
+    assert med == {"k": 0.25}
+    timed = log[log.index("record"):]
+    for i in range(0, len(timed), 5):  # record, fn, record, wait, then the next call's sync
+        assert timed[i:i + 4] == ["record", "fn", "record", "wait"], timed
+
+
+def test_summary_table_shows_the_cublas_fraction():
+    """The cuBLAS FLOP-rate fraction is a figure of the summary table (the printed one and bench.md), not only a
+    key of the JSON rows."""
+    from dataclasses import asdict
+
+    from fastccreid.bench.report import summary_table
+
+    row = BenchRow("kernels", "pdist euclidean 4096x4096 D=2048", "fast", 0.002, 8.4e9, 2**30,
+                   extra={"fraction_of_cublas_flop_rate": 0.8123, "cublas_s": 0.0016})
+    table = summary_table({"results": [asdict(row)], "suites": [], "complete": True})
+    assert "pdist euclidean 4096x4096" in table and "0.81 of cuBLAS's FLOP rate" in table, table

@@ -76,16 +76,20 @@ def time_median(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device | None = None
-                        ) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device | None = None,
+                        events: bool = False) -> dict[str, float]:
     """Median seconds per function over ``repeats`` rounds that run them in turn (after one untimed run each), so
     load from other processes on a shared machine hits every path alike. On a CUDA ``device`` each timed call is
-    synchronised before and after (kernels run asynchronously)."""
+    synchronised before and after (kernels run asynchronously); with ``events`` the time is the device's, between
+    two CUDA events recorded around the call on the current stream (``torch.cuda.Event(enable_timing=True)``,
+    ``elapsed_time`` in ms), so the host syncs that bracket it fall outside the timed region (for functions whose
+    work is all on the current stream: the kernel rows)."""
+    import torch
+
+    cuda = device is not None and device.type == "cuda"
 
     def sync() -> None:
-        if device is not None and device.type == "cuda":
-            import torch
-
+        if cuda:
             torch.cuda.synchronize(device)
 
     for fn in fns.values():
@@ -95,6 +99,14 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, device:
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
+            if cuda and events:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / 1000.0)
+                continue
             t0 = time.perf_counter()
             fn()
             sync()

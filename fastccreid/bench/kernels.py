@@ -6,10 +6,11 @@ Cases (one "fast" and one "reference" row each):
 - ``pdist B=<B>``: the [B, B] training distance; reference = the seed's addmm ``euclidean_dist``.
 - ``pdist eval 493x7050``: LTCC-sized query x gallery euclidean distances.
 On CUDA also pdist at 1024, 4096 and 8192 rows and the triplet forward at B = 1024 and 4096, each with its
-FLOP rate as a fraction of cuBLAS's ``x @ y.T`` on the same shapes, several calls per timed unit between two host
-syncs. Each row carries the median wall time, process peak RSS, and in ``extra`` the peak RSS growth during one call
-(``peak_rss_delta_bytes``, measured by resetting the kernel's high-water mark) plus, on CUDA, the peak of allocated
-device memory. Quick mode (< 60 s on 2 cores): B = 32 and 256, and the LTCC-sized distance.
+FLOP rate as a fraction of cuBLAS's ``x @ y.T`` on the same shapes, several calls per timed unit, timed on the
+device by CUDA events (the host syncs around a unit are outside what is timed). Each row carries the median time
+(wall on CPU, device on CUDA), process peak RSS, and in ``extra`` the peak RSS growth during one call
+(``peak_rss_delta_bytes``, measured by resetting the kernel's high-water mark) plus, on CUDA, the peak of
+allocated device memory. Quick mode (< 60 s on 2 cores): B = 32 and 256, and the LTCC-sized distance.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int | None:
 
 def _rows(case: str, fns: dict[str, Callable[[], object]], items: int, repeats: int, device: torch.device,
           extra: dict | None = None) -> list[BenchRow]:
-    med = interleaved_medians(fns, repeats, device)
+    med = interleaved_medians(fns, repeats, device, events=True)  # CUDA: event-timed, syncs outside
     rows = []
     for path, fn in fns.items():
         info = dict(extra or {})
@@ -132,7 +133,7 @@ def pdist_case(m: int, n: int, device: torch.device, repeats: int, seed: int = 0
     fns = {"fast": _repeat(lambda: pairwise_distance(x, y, "euclidean"), inner),
            "reference": _repeat(lambda: euclidean_dist(x, y), inner)}
     if device.type == "cuda":
-        mm = interleaved_medians({"mm": _repeat(lambda: x @ y.t(), inner)}, repeats, device)["mm"]
+        mm = interleaved_medians({"mm": _repeat(lambda: x @ y.t(), inner)}, repeats, device, events=True)["mm"]
         extra["cublas_s"] = mm / inner
     rows = _rows(f"pdist euclidean {m}x{n} D={D}", fns, m * n * inner, repeats, device, extra)
     for r in rows:  # per call, not per timed unit
@@ -153,7 +154,7 @@ def triplet_forward_case(b: int, device: torch.device, repeats: int, seed: int =
     flops = 2.0 * b * b * D
     inner = _inner_calls(flops, device)
     ref = TripletLoss(0.3)
-    cublas = interleaved_medians({"mm": _repeat(lambda: x @ x.t(), inner)}, repeats, device)["mm"] / inner
+    cublas = interleaved_medians({"mm": _repeat(lambda: x @ x.t(), inner)}, repeats, device, events=True)["mm"] / inner
     extra = {"flops": flops, "calls_per_timed_unit": inner, "cublas_s": cublas}
     rows = _rows(f"triplet fwd B={b} D={D}", {"fast": _repeat(lambda: batch_hard_triplet_loss(x, labels, 0.3), inner),
                                              "reference": _repeat(lambda: ref(x, labels), inner)},
