@@ -186,3 +186,27 @@ def test_sigterm_closes_the_json_with_the_finished_suites(tmp_path):
     assert [(s["suite"], s["status"]) for s in payload["suites"]] == [("kernels", "ok"), ("eval", "interrupted")]
     assert [(r["suite"], r["case"]) for r in payload["results"]] == [("kernels", "c"),
                                                                     ("eval", "finished before the hang")]
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_quick_eval_on_cuda_records_the_cpu_only_rows_as_skipped(monkeypatch, cuda):
+    """On a GPU the quick eval suite (gpu_check.sh) measures the device rows and records the CPU-only re-ranking
+    and compat rows as skipped with the reason; on a CPU it runs them. The cases are stubbed."""
+    import torch
+
+    from fastccreid.bench import common, compat_eval, rerank
+    from fastccreid.bench import eval as bench_eval
+
+    ran: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(bench_eval, "rank_stats_backends_case", lambda name, device, repeats: ran.append(name) or [])
+    monkeypatch.setattr(bench_eval, "run_case", lambda name, **kw: ran.append(name) or [])
+    monkeypatch.setattr(rerank, "run_rerank", lambda full: ran.append("rerank") or [])
+    monkeypatch.setattr(compat_eval, "run_compat", lambda quick: ran.append("compat") or [])
+    common.SKIPS.clear()
+    bench_eval.run(quick=True)
+    skipped = [s["what"] for s in common.SKIPS]
+    common.SKIPS.clear()
+    assert ("rerank" in ran) == ("compat" in ran) == (not cuda), ran
+    assert ("msmt17" in ran) == cuda and "ltcc" in ran, ran
+    assert bool(skipped) == cuda and all("re-ranking" in s for s in skipped), skipped

@@ -101,3 +101,25 @@ def test_the_whole_script_runs_here_offline_and_exits_0(tmp_path, python):
     assert bool(pipeline["skipped"]) != has_dali  # the DALI rows: measured, or skipped with the reason
     assert "== gpu_check summary" in p.stdout and "(exit 0)" in p.stdout
     assert "CUDA parts are skipped" in p.stdout
+
+
+def test_cuda_limits_end_the_script_within_8_minutes():
+    """The CUDA branch's limits, read from the script: the suites fit the bench's limit, a doctor check fits the
+    doctor's, and the deadline the bench limit is cut to, plus the kill grace, stays under 480 s (the GPU machine's
+    8 minutes; its per-command limit is 10)."""
+    import re
+
+    from fastccreid.bench import SUITES, parse_suite_timeouts
+    from fastccreid.doctor import CHECK_TIMEOUT_S
+
+    text = open(os.path.join(REPO, SCRIPT)).read()
+    branch = text[text.index('if [ "$cuda" = "1" ]; then'):text.index("else", text.index('if [ "$cuda" = "1" ]'))]
+    values = dict(re.findall(r"(\w+)=\"?([\w=,]+)\"?", branch))
+    t_doctor, t_bench, deadline = (int(values[k]) for k in ("t_doctor", "t_bench", "deadline"))
+    suites = parse_suite_timeouts(values["suite_limits"])
+    assert set(suites) == set(SUITES) and all(suites.values()), suites
+    assert sum(suites.values()) <= t_bench
+    assert CHECK_TIMEOUT_S <= t_doctor
+    grace = {int(g) for g in re.findall(r"timeout --kill-after=(\d+)", text)}
+    assert 'left=$(( deadline - SECONDS ))' in text and '[ "$left" -lt "$t_bench" ] && t_bench=$left' in text
+    assert t_doctor + max(grace) < deadline and deadline + max(grace) + 10 <= 480, (deadline, grace)
