@@ -210,3 +210,15 @@ def test_quick_eval_on_cuda_records_the_cpu_only_rows_as_skipped(monkeypatch, cu
     assert ("rerank" in ran) == ("compat" in ran) == (not cuda), ran
     assert ("msmt17" in ran) == cuda and "ltcc" in ran, ran
     assert bool(skipped) == cuda and all("re-ranking" in s for s in skipped), skipped
+
+
+def test_keep_partial_prints_each_row_once_as_it_finishes(capsys):
+    from fastccreid.bench.common import BenchRow, keep_partial
+
+    rows = [BenchRow("kernels", "pdist 4096", "fast", 0.002, 10.0, 1)]
+    keep_partial(rows)
+    rows.append(BenchRow("kernels", "pdist 4096", "reference", 0.004, 5.0, 1))
+    keep_partial(rows)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bench kernels:")]
+    assert lines == ["bench kernels: pdist 4096 [fast] median 0.002 s, 10.0 items/s",
+                     "bench kernels: pdist 4096 [reference] median 0.004 s, 5.0 items/s"], lines

@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,9 +50,23 @@ def note_skip(suite: str, what: str, reason: str) -> None:
 PARTIAL_ENV = "FASTCCREID_BENCH_PARTIAL"  # set by the isolating runner: where a suite keeps its rows so far
 
 
+_PRINTED: list[weakref.ref] = []  # the rows keep_partial has printed in this process (by identity)
+
+
+def row_line(r: BenchRow) -> str:
+    """One finished row as one line: "bench SUITE: CASE [PATH] median S s, N items/s"."""
+    return f"bench {r.suite}: {r.case} [{r.path}] median {r.median_s:.4g} s, {r.items_per_s:,.1f} items/s"
+
+
 def keep_partial(rows: list[BenchRow]) -> None:
-    """A suite's rows so far, written (atomically) where the isolating runner reads them if the suite then runs out
-    of time or fails: finished cases are kept. A no-op outside an isolated run."""
+    """A suite's rows so far: each row not printed yet is printed (and flushed) as one line, so a run shows its
+    figures as they come; in an isolated run they are also written (atomically) where the runner reads them if the
+    suite then runs out of time or fails: finished cases are kept."""
+    _PRINTED[:] = [w for w in _PRINTED if w() is not None]
+    for r in rows:
+        if not any(w() is r for w in _PRINTED):
+            _PRINTED.append(weakref.ref(r))
+            print(row_line(r), flush=True)
     path = os.environ.get(PARTIAL_ENV)
     if path:
         from dataclasses import asdict

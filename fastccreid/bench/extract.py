@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, note_skip, peak_rss_bytes
+from fastccreid.bench.common import BenchRow, interleaved_medians, keep_partial, note_skip, peak_rss_bytes
 
 OUT_H, OUT_W = 384, 192
 WORKERS = 2
@@ -135,4 +135,5 @@ def run(quick: bool) -> list[BenchRow]:
                                                                        "precision": "fp32"}))
         else:
             note_skip("extract", "the onnxruntime row", onnx_note)
+    keep_partial(rows)
     return rows

@@ -24,7 +24,14 @@ import tempfile
 
 import torch
 
-from fastccreid.bench.common import BenchRow, interleaved_medians, note_skip, peak_rss_bytes, time_median
+from fastccreid.bench.common import (
+    BenchRow,
+    interleaved_medians,
+    keep_partial,
+    note_skip,
+    peak_rss_bytes,
+    time_median,
+)
 
 WORKERS = 2
 OUT_H, OUT_W = 384, 192
@@ -109,4 +116,5 @@ def run(quick: bool) -> list[BenchRow]:
                                                                          "dali": dali_why}))
             rows.append(BenchRow("pipeline", case, "reference", med["reference"], n_ref / med["reference"],
                                  peak_rss_bytes(), repeats, n_ref, {"workers": WORKERS, "device": str(device)}))
+            keep_partial(rows)
     return rows
