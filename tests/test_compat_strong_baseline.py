@@ -167,3 +167,21 @@ def test_compute_uses_eval_func_default_max_rank():
         assert cmc.dtype == np.float32 and cmc.shape == (50,)
         np.testing.assert_array_equal(cmc, ocmc)
         assert abs(mAP - omap) < 1e-9
+
+
+def test_feat_norm_by_truth_value_as_theirs():
+    """TransReID / CLIP-ReID pass cfg.TEST.FEAT_NORM ('yes' / 'no') and test ``if self.feat_norm``: 'no' is truthy,
+    so it normalises (with a warning here); False does not."""
+    f, pids, cams = _features(4)
+    f = f * torch.linspace(0.5, 3.0, 40)[:, None]  # unequal norms: normalising changes the ranking
+    fn = torch.nn.functional.normalize(f, dim=1)
+    with pytest.warns(UserWarning, match="normalises the features"):
+        m = sb.R1_mAP_eval(10, feat_norm="no")
+    m.update((f, pids, cams))
+    _, _, dm, *_, qf, gf = m.compute()
+    torch.testing.assert_close(qf, fn[:10])
+    np.testing.assert_allclose(dm, _their_distmat(fn[:10], fn[10:]), atol=1e-5)
+    m = sb.R1_mAP_eval(10, feat_norm=False)
+    m.update((f, pids, cams))
+    _, _, dm, *_ = m.compute()
+    np.testing.assert_allclose(dm, _their_distmat(f[:10], f[10:]), rtol=1e-5, atol=1e-4)

@@ -19,7 +19,10 @@ gallery is smaller) whatever ``max_rank`` the metric was built with; ours does t
 theirs). TransReID's ``update`` moves each batch to the CPU, so ``qf`` / ``gf`` come back as CPU tensors
 (the ignite ``R1_mAP`` returns only ``(cmc, mAP)``). ``R1_mAP_reranking`` re-ranks with k1=20, k2=6, lambda=0.3,
 ``R1_mAP_eval(reranking=True)`` with k1=50, k2=15; both on the (normalised) features with their squared ``addmm``
-distance. Differences (README, Differences from the official code): ties broken by gallery index (their unstable
+distance. ``R1_mAP_eval``'s ``feat_norm`` is read by truth value, as theirs: their callers pass the config string
+'yes' / 'no', and 'no' normalises too (kept, with a UserWarning).
+
+Differences (README, Differences from the official code): ties broken by gallery index (their unstable
 ``np.argsort``), CMC 1 from the first match onwards for a query whose valid gallery is shorter than max_rank (theirs
 builds a ragged array), ``NoValidQueryError`` (a ValueError and an AssertionError, so ``except AssertionError``
 still catches it) instead of ``assert num_valid_q > 0``, ``feat_norm`` other than 'yes' / 'no' refused by the
@@ -28,6 +31,8 @@ ignite forms (theirs silently skips normalising), re-ranked distances with the J
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -99,6 +104,11 @@ class R1_mAP_eval:  # noqa: N801 - their class name is the contract
 
     @staticmethod
     def _norm_flag(feat_norm) -> bool:
+        # theirs tests ``if self.feat_norm:`` and TransReID / CLIP-ReID pass cfg.TEST.FEAT_NORM, the string 'yes' or
+        # 'no': both are truthy, so 'no' normalises too. Kept for the same numbers, with a warning.
+        if isinstance(feat_norm, str) and feat_norm.strip().lower() in ("no", "false", "0", "off"):
+            warnings.warn(f"R1_mAP_eval(feat_norm={feat_norm!r}) normalises the features, as TransReID's does (a "
+                          "non-empty string is true); pass feat_norm=False to skip it", UserWarning, stacklevel=3)
         return bool(feat_norm)
 
     def reset(self):
