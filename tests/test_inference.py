@@ -181,7 +181,8 @@ def _bad_split(rows):
     rows[2]["split"] = "test"
 
 
-@pytest.mark.parametrize("case", ["bad row", "empty split", "split without manifest", "folder as manifest"])
+@pytest.mark.parametrize("case", ["bad row", "empty split", "split without manifest", "folder as manifest",
+                                  "unreadable image"])
 def test_extract_a_bad_manifest_is_one_line_and_writes_nothing(setup, capsys, tmp_path, case):
     argv = ["extract", "--resume", setup["ck"], "--layout", "manifest", "--out", str(tmp_path / "f.npz"),
             "--use_cpu", "--loader", "torch", "-j", "0", "--no_progress"]
@@ -197,13 +198,21 @@ def test_extract_a_bad_manifest_is_one_line_and_writes_nothing(setup, capsys, tm
         argv[argv.index("manifest")] = "ltcc"
         argv += ["--images", os.path.join(setup["root"], "query"), "--split", "query"]
         expected = "--split query: only with --layout manifest"
+    elif case == "unreadable image":  # the query set extracts, the gallery's file is gone: neither is written
+        def edit(rows):
+            rows[:] = [dict(rows[-1], split="query"), dict(rows[-1], split="gallery", path="ltcc/test/gone.png")]
+
+        argv += ["--images", _manifest_of(setup, "gone.csv", edit)]
+        expected = os.path.join(setup["tmp"], "ltcc", "test", "gone.png")
     else:
         argv += ["--images", str(setup["tmp"])]
         expected = f"--images {setup['tmp']}: is a folder; with --layout manifest pass the manifest file"
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"fastccreid extract: error: {expected}") and "\n" not in err, err
+    errors = [ln for ln in err.splitlines() if not ln.startswith("=> ")]  # (the sets' "=> N image(s)" lines)
+    assert len(errors) == 1 and errors[0].startswith("fastccreid extract: error: ") and expected in errors[0], err
+    assert case == "unreadable image" or errors[0].startswith(f"fastccreid extract: error: {expected}"), err
     assert os.listdir(tmp_path) == []  # nothing written, not even a temporary file
 
 

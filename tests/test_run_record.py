@@ -250,3 +250,48 @@ def test_report_writes_png_plots_and_the_table(seeds_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path), "--out", out2]) == 2
     assert f"RUN_DIR {tmp_path}: no run.json or seeds.json in it" in capsys.readouterr().err
+
+
+def test_eval_run_records_the_same_numbers_beside_the_training_record(seeds_run, capsys):
+    """``fastccreid eval`` of seed 1's checkpoint into its own folder: the training record is left alone, the eval
+    record goes to run_eval.json and holds the numbers the training run recorded (same weights, fp32)."""
+    folder = os.path.join(seeds_run["save"], "seed-1")
+    with open(os.path.join(folder, "run.json"), "rb") as f:
+        before = f.read()
+    argv = tiny_argv(seeds_run["root"], folder, "--resume", os.path.join(folder, LAST_NAME), command="eval")
+    argv[argv.index("--amp") + 1] = "off"
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(os.path.join(folder, "run.json"), "rb") as f:
+        assert f.read() == before
+    ev = runrecord.read_run(os.path.join(folder, runrecord.EVAL_RUN_NAME))
+    assert ev["kind"] == "eval" and ev["status"] == "finished" and ev["checkpoint"]["epoch"] == 1
+    assert ev["checkpoint"]["trained_by"]["seed"] == 1
+    trained = _record(seeds_run, 1)["results"]["last"]["settings"]
+    for setting, m in ev["results"]["last"]["settings"].items():
+        assert m["mAP"] == pytest.approx(trained[setting]["mAP"], abs=1e-6)
+        assert m["rank1"] == pytest.approx(trained[setting]["rank1"], abs=1e-6)
+
+
+def test_parallel_seeds_run_one_child_per_device(tmp_path, capsys):
+    """The per-GPU path's plumbing (child entry point, config hand-over, one run per device, console.txt, exit
+    codes into seeds.json), with runs that fail at once (no dataset) so no GPU and no training is needed."""
+    from helpers.train_cases import tiny_config
+
+    from fastccreid.engine.seeds import parallel_devices, run_seeds
+
+    cfg = tiny_config(str(tmp_path / "missing"), str(tmp_path / "runs"))
+    assert run_seeds(cfg, [1, 2], devices=["0", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "seed 1 on GPU 0" in out and "seed 2 on GPU 1" in out and "no seed finished" in out
+    for seed in (1, 2):
+        with open(tmp_path / "runs" / f"seed-{seed}" / "console.txt") as f:
+            assert "fastccreid train: error:" in f.read()
+    with open(tmp_path / "runs" / "seeds.json") as f:
+        runs = json.load(f)["runs"]
+    assert [(r["seed"], r["exit_code"]) for r in runs] == [(1, 2), (2, 2)]
+    # which runs go in parallel: several GPUs on CUDA, unless --nproc > 1 or --use_cpu
+    gpu = cfg.replace(use_cpu=False, gpu_devices="0,1,2")
+    assert parallel_devices(gpu, cuda_available=True) == ["0", "1", "2"]
+    assert parallel_devices(gpu.replace(nproc=3), cuda_available=True) == []
+    assert parallel_devices(gpu, cuda_available=False) == [] and parallel_devices(cfg, cuda_available=True) == []
