@@ -65,8 +65,13 @@ for f in "$repo"/fastccreid/*; do
 done
 ln -s "$repo/kernels" "$shim/fastccreid/kernels"
 export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import fastccreid, fastccreid.kernels, fastccreid.cli; print('gpu_check: fastccreid from', \
-fastccreid.__file__.replace('$shim', '$repo'), '(not installed: PYTHONPATH link folder)', flush=True)" \
+# Every step runs from the link folder, not from the checkout: `python -c` / `python -m` put the working directory
+# first on sys.path, and from the checkout's root that finds its fastccreid/ folder, which has no kernels/ in it
+# (fastccreid.kernels then does not import unless an editable install elsewhere happens to supply it).
+cd "$shim" || finish 1
+"$PY" -c "import os, fastccreid, fastccreid.kernels, fastccreid.cli; print('gpu_check: fastccreid from', \
+fastccreid.__file__.replace('$shim', '$repo'), '(not installed: PYTHONPATH link folder), kernels from', \
+os.path.realpath(fastccreid.kernels.__file__), flush=True)" \
     || { echo "gpu_check: this checkout does not import (see above)"; finish 1; }
 
 if [ "${GPU_CHECK_ONLY:-}" = "setup" ]; then  # the first two steps alone: versions, and this checkout imports

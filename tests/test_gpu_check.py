@@ -67,6 +67,7 @@ def test_setup_steps_make_the_clean_copy_importable_offline(tmp_path, python):
         k in lines[0] for k in ("torch ", "CUDA ", "cuDNN ", "triton ", "GPU ")), lines[0]
     # the package that ran is the copy's (an editable install elsewhere does not win), and nothing was installed
     assert f"fastccreid from {root}/fastccreid/__init__.py" in p.stdout, p.stdout
+    assert f"kernels from {os.path.realpath(root)}/kernels/__init__.py" in p.stdout, p.stdout
     assert os.listdir(out) == ["gpu_check.log"]
     assert not [n for n in os.listdir(root) if n.endswith(".egg-info")]
 
