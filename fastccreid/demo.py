@@ -43,7 +43,8 @@ class DemoResult:
 
 def demo_train_config(data_root: str, save_dir: str, *, epochs: int, seed: int, use_cpu: bool,
                       height: int = HEIGHT, width: int = WIDTH, train_batch: int = 16, num_instances: int = 4,
-                      lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True) -> TrainConfig:
+                      lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True,
+                      amp: str = "auto") -> TrainConfig:
     """The demo's training run: the seed's recipe shortened for a from-scratch run of a few epochs."""
     return TrainConfig(
         dataset="ltcc", dataset_root=data_root, dataset_filename="", height=height, width=width,
@@ -51,7 +52,7 @@ def demo_train_config(data_root: str, save_dir: str, *, epochs: int, seed: int, 
         eval_epoch=-1, tri_start_epoch=0, warm_up_epochs=1, step_milestones=[max(1, int(epochs * 0.75))], lr=lr,
         pad_size=max(1, round(10 * width / 192)), random_erasing_pro=erase_p, pretrained="none", save_dir=save_dir,
         seed=seed, save_checkpoint=True, loader="torch", print_train_info_epoch_freq=1, use_cpu=use_cpu,
-        no_progress=not progress)
+        no_progress=not progress, amp=amp)
 
 
 def _ranked(features: dict[str, Any], dataset, k: int = 10, max_queries: int = 6):
@@ -81,7 +82,7 @@ def _ranked(features: dict[str, Any], dataset, k: int = 10, max_queries: int = 6
 def run_demo_pipeline(out: str, *, ids: int = 24, epochs: int = 0, minutes: float = DEFAULT_MINUTES, seed: int = 0,
                       use_cpu: bool = False, height: int = HEIGHT, width: int = WIDTH, train_batch: int = 16,
                       num_instances: int = 4, lr: float = 1e-3, erase_p: float = 0.0, progress: bool = True,
-                      plots: bool = True, log_line=print) -> DemoResult:
+                      plots: bool = True, log_line=print, amp: str = "auto") -> DemoResult:
     """The whole demo; returns the before/after metrics. ``epochs=0`` sizes the run to ``minutes`` of training from
     the first steps' measured speed; ``epochs > 0`` trains exactly that many (the tests' fixed variant)."""
     from fastccreid.data.synth import make_synthetic
@@ -101,7 +102,7 @@ def run_demo_pipeline(out: str, *, ids: int = 24, epochs: int = 0, minutes: floa
     save_dir = os.path.join(out, "run")
     cfg = demo_train_config(data_root, save_dir, epochs=epochs or MAX_EPOCHS, seed=seed, use_cpu=use_cpu,
                             height=height, width=width, train_batch=train_batch, num_instances=num_instances, lr=lr,
-                            erase_p=erase_p, progress=progress)
+                            erase_p=erase_p, progress=progress, amp=amp)
     ctx = setup(cfg.use_cpu, cfg.gpu_devices)
     log = RunLog(os.path.join(save_dir, "log_train.txt"), True, progress)
     try:
