@@ -111,6 +111,7 @@ def _grad_worker(rank: int, world: int, store: str, x: torch.Tensor, pids: torch
         cleanup()
 
 
+@pytest.mark.slow  # frozen BN; tests/test_global_bn.py checks the same step with BN in train mode (fp64, 1e-10)
 def test_two_processes_on_half_batches_give_the_one_process_gradient(tmp_path):
     torch.manual_seed(0)
     num_classes = 4
@@ -164,6 +165,7 @@ def tiny_root(tmp_path_factory) -> str:
     return make_tiny_ltcc(str(tmp_path_factory.mktemp("ddp") / "ltcc"))
 
 
+@pytest.mark.slow  # 39 s; the default run has --nproc 2 vs 1 through the CLI in tests/test_elastic.py
 def test_nproc_2_trains_and_its_evaluation_equals_a_one_process_eval(tiny_root, tmp_path):
     save = str(tmp_path / "run")
     res = _cli(*tiny_argv(tiny_root, save, "--nproc", "2", "--max_epoch", "1", "--save_checkpoint", "--amp", "off"))

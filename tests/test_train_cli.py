@@ -20,7 +20,8 @@ def data_root(tmp_path_factory) -> str:
     return make_tiny_ltcc(str(tmp_path_factory.mktemp("cli") / "ltcc"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM through the CLI is slow-only: tests/test_trainer.py's SIGTERM test covers the same handler in-process
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_saves_a_resumable_checkpoint_and_exits_130(data_root, tmp_path, sig):
     save = str(tmp_path / "run")
     proc = start_cli(tiny_argv(data_root, save, "--max_epoch", "40", "--amp", "off"))
