@@ -21,7 +21,8 @@
 # cold Inductor compile of CSSC at 384x192 dominates); eval ~50 s (the CPU-only re-ranking rows are left out on a
 # GPU). Without CUDA the same steps run with CPU-sized limits (the train suite recorded as skipped) and exit 0 when
 # nothing fails.
-# OUT_DIR gets at most 8 files: gpu_check.log (everything printed), doctor.json, bench.json, bench.md.
+# OUT_DIR gets at most 8 files: gpu_check.log (everything printed), doctor.json, bench.json, bench.md,
+# multiproc.json (benchmarks/multiproc_check.py: 2 processes on the one device, when the time allows).
 # Exit status: 0 when every doctor check passed or was skipped and every bench suite finished; 1 otherwise.
 set -uo pipefail
 
@@ -82,10 +83,12 @@ fi
 cuda="$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")"
 if [ "$cuda" = "1" ]; then
     t_doctor=150; t_bench=300; skip=""; deadline=455  # seconds since the start; + 15 s grace + summary < 480
+    t_mp=100; mp_deadline=465  # the multi-process check: only in what the bench leaves before 465 s (+5 s grace)
     suite_limits="kernels=40,eval=75,pipeline=25,train=130,extract=30"
 else  # a CPU: the same steps with limits sized for a loaded 2-core machine and fewer kernel repeats; the train
       # suite (fp32 ResNet-50 steps at 384x192 and two DDP processes, 5+ minutes on 2 cores) is recorded skipped
     t_doctor=300; t_bench=1200; skip="train"; deadline=100000
+    t_mp=400; mp_deadline=100000
     suite_limits="kernels=240,eval=400,pipeline=300,extract=300"
     export FASTCCREID_BENCH_REPEATS="${FASTCCREID_BENCH_REPEATS:-3}"
     echo "gpu_check: no CUDA device: CPU branches of the doctor and quick CPU benches (train suite skipped:" \
@@ -104,7 +107,20 @@ timeout --kill-after=15 "$t_bench" "$PY" -m fastccreid bench all --quick --suite
     --skip_suites "$skip" --json "$out/bench.json" --md "$out/bench.md"
 rc=$?; [ "$rc" -ne 0 ] && { echo "gpu_check: bench exited $rc"; status=1; }
 
-# 3. one table at the end, from the files (what comes back is what is printed)
+# 3. issue 25's one-device variant of the multi-process checks (NCCL refuses two ranks on one GPU: gloo with CUDA
+# tensors): 2 processes, compiled GlobalBatchNorm vs eager, and `train --nproc 2` vs `--nproc 1` through the elastic
+# launcher. On CUDA it gets only the time the bench left (it is skipped, and says so, below 45 s).
+left=$(( mp_deadline - SECONDS )); [ "$left" -lt "$t_mp" ] && t_mp=$left
+if [ "$t_mp" -ge 45 ]; then
+    echo "gpu_check: multi-process check (limit ${t_mp} s)"
+    timeout --kill-after=5 "$t_mp" "$PY" "$repo/benchmarks/multiproc_check.py" --json "$out/multiproc.json" \
+        --timeout "$(( t_mp - 10 ))"
+    rc=$?; [ "$rc" -ne 0 ] && { echo "gpu_check: multi-process check exited $rc"; status=1; }
+else
+    echo "gpu_check: multi-process check skipped (only ${t_mp} s left before ${mp_deadline} s)"
+fi
+
+# 4. one table at the end, from the files (what comes back is what is printed)
 echo "== gpu_check summary"
 "$PY" - "$out" <<'EOF' || status=1
 import json, os, sys
@@ -124,6 +140,11 @@ try:
     print(summary_table(json.load(open(os.path.join(out, "bench.json")))))
 except (OSError, ValueError, KeyError) as e:
     print(f"bench: no report ({type(e).__name__}: {e})")
+try:
+    for name, c in json.load(open(os.path.join(out, "multiproc.json")))["checks"].items():
+        print(f"multiproc {name}: {'ok' if c['ok'] else 'FAIL'} ({c['seconds']} s)")
+except (OSError, ValueError, KeyError) as e:
+    print(f"multiproc: no report ({type(e).__name__}: {e})")
 files = sorted(os.listdir(out))
 print(f"files in {out} ({len(files)}): {', '.join(files)}")
 sys.exit(0 if len(files) <= 8 else 1)

@@ -88,7 +88,11 @@ def test_the_whole_script_runs_here_offline_and_exits_0(tmp_path, python):
                        text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
     files = sorted(os.listdir(out))
-    assert len(files) <= 8 and {"gpu_check.log", "doctor.json", "bench.json", "bench.md"} <= set(files), files
+    assert len(files) <= 8 and {"gpu_check.log", "doctor.json", "bench.json", "bench.md", "multiproc.json"} <= set(
+        files), files
+    multiproc = json.loads((out / "multiproc.json").read_text())
+    assert set(multiproc["checks"]) == {"compiled-global-bn", "cli-nproc-2-vs-1"}
+    assert all(c["ok"] for c in multiproc["checks"].values()), multiproc
     doctor = json.loads((out / "doctor.json").read_text())
     assert doctor["complete"] and doctor["ok"] and doctor["counts"]["fail"] == 0
     has_dali = subprocess.run([python, "-c", "import nvidia.dali"], capture_output=True).returncode == 0
@@ -124,3 +128,8 @@ def test_cuda_limits_end_the_script_within_8_minutes():
     grace = {int(g) for g in re.findall(r"timeout --kill-after=(\d+)", text)}
     assert 'left=$(( deadline - SECONDS ))' in text and '[ "$left" -lt "$t_bench" ] && t_bench=$left' in text
     assert t_doctor + max(grace) < deadline and deadline + max(grace) + 10 <= 480, (deadline, grace)
+    # the multi-process check runs only in what is left before its own deadline, past the bench's
+    mp_deadline = int(values["mp_deadline"])
+    assert 'left=$(( mp_deadline - SECONDS )); [ "$left" -lt "$t_mp" ] && t_mp=$left' in text
+    assert deadline < mp_deadline and mp_deadline + 5 + 10 <= 480, mp_deadline  # (its own kill grace: 5 s)
+    assert 'timeout --kill-after=5 "$t_mp"' in text
