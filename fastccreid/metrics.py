@@ -131,8 +131,10 @@ def evaluate(
     ProcessGroup evaluates with the gallery sharded over its processes (README, Evaluator over N processes): every
     process passes the same queries (``qf`` / ``q_*``) and its own contiguous shard of the gallery (``gf`` rows, or
     ``distmat``'s columns, and ``g_*``), shards in rank order; every process returns the result one process gives
-    for the whole gallery, exactly. Not with ``rerank``, ``roc``, protocol "cuhk03", precision other than "fp32" or
-    float64 features (ValueError on every process); ``ReIDEvaluator`` gathers instead and has them all.
+    for the whole gallery, exactly. With ``rerank`` (features only) the gallery shards are gathered and the N×N
+    neighbour search and the query chunks split over the processes. Not with ``roc``, protocol "cuhk03", precision
+    other than "fp32" or float64 features without ``rerank`` (ValueError on every process); ``ReIDEvaluator``
+    gathers instead and has them all.
 
     ``roc``: also TPR at FPR 1e-4, 1e-3 and 1e-2 over every non-junk query-gallery pair (true matches positive,
     other identities negative), exact, in ``EvalResult.roc`` (``fastccreid.evaluation.roc``). Protocol "ltcc-sc" is
@@ -149,7 +151,8 @@ def evaluate(
                                    g_camids=g_camids, q_clothes=q_clothes, g_clothes=g_clothes, protocol=protocol,
                                    protocols=PROTOCOLS, junk_of=_JUNK, precision=precision, precisions=PRECISIONS,
                                    max_rank=max_rank, normalize=normalize, rerank=rerank, chunk_size=chunk_size,
-                                   backend=backend, process_group=process_group)
+                                   backend=backend, process_group=process_group, rerank_k1=rerank_k1,
+                                   rerank_k2=rerank_k2, rerank_lambda=rerank_lambda)
         return _result(st, protocol, max_rank, nq, ng, return_per_query)
     from fastccreid.evaluation import rank_stats
     from fastccreid.kernels.checks import as_tensor, check_eval_inputs, require_finite

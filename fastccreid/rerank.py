@@ -48,18 +48,31 @@ def _feats(x, name: str) -> torch.Tensor:
     return t.to(dtype=torch.float32)
 
 
-def _neighbours(rows_fn: RowsFn, n: int, kq: int, device: torch.device
+def split_range(count: int, rank: int, world: int) -> tuple[int, int]:
+    """Items [lo, hi) of ``count`` that rank ``rank`` of ``world`` takes: contiguous, in rank order."""
+    return count * rank // world, count * (rank + 1) // world
+
+
+def _neighbours(rows_fn: RowsFn, n: int, kq: int, device: torch.device, comm=None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of the N x N distance: the kq nearest [N, kq] (ties by index), their distances [N, kq], and the
-    row's largest distance [N]; streamed over row blocks of NEIGHBOUR_CHUNK_BYTES."""
+    row's largest distance [N]; streamed over row blocks of NEIGHBOUR_CHUNK_BYTES. With ``comm`` each rank computes
+    a contiguous run of the one-process row blocks (the same shapes, so the same bits) and the runs are gathered."""
     chunk = max(16, min(512, NEIGHBOUR_CHUNK_BYTES // (4 * n)))
     kk = min(n, kq + 1)
-    idx = torch.empty(n, kq, dtype=torch.int64, device=device)
-    val = torch.empty(n, kq, dtype=torch.float32, device=device)
-    mx = torch.empty(n, dtype=torch.float32, device=device)
-    for s in range(0, n, chunk):
-        d = rows_fn(s, min(n, s + chunk))
-        e = s + d.shape[0]
+    starts = list(range(0, n, chunk)) + [n]
+    if comm is None:
+        r0, r1, sizes = 0, n, None
+    else:
+        runs = [split_range(len(starts) - 1, r, comm.world) for r in range(comm.world)]
+        sizes = [starts[b] - starts[a] for a, b in runs]
+        r0, r1 = starts[runs[comm.rank][0]], starts[runs[comm.rank][1]]
+    idx = torch.empty(r1 - r0, kq, dtype=torch.int64, device=device)
+    val = torch.empty(r1 - r0, kq, dtype=torch.float32, device=device)
+    mx = torch.empty(r1 - r0, dtype=torch.float32, device=device)
+    for s0 in range(r0, r1, chunk):
+        d = rows_fn(s0, min(n, s0 + chunk))
+        s, e = s0 - r0, s0 - r0 + d.shape[0]
         mx[s:e] = torch.amax(d, 1)
         tv, ti = torch.topk(d, kk, dim=1, largest=False, sorted=True)
         # rows whose kq-th and (kq+1)-th distances differ: their kq nearest are an unambiguous set, ordered by
@@ -76,6 +89,8 @@ def _neighbours(rows_fn: RowsFn, n: int, kq: int, device: torch.device
         idx[s:e] = ii
         val[s:e] = vv
         del d, tv, ti
+    if comm is not None:
+        idx, val, mx = (comm.gather_rows(t, sizes) for t in (idx, val, mx))
     return idx, val, mx
 
 
@@ -290,9 +305,14 @@ def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
 
 
 def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
-                   q_g_dist=None, q_q_dist=None, g_g_dist=None) -> Reranker:
+                   q_g_dist=None, q_q_dist=None, g_g_dist=None, comm=None) -> Reranker:
     """The k-reciprocal encodings of the stacked query + gallery set, in O(N·k1) memory (arguments: ``re_ranking``).
-    Iterate ``.chunks()`` for the re-ranked distances query chunk by query chunk."""
+    Iterate ``.chunks()`` for the re-ranked distances query chunk by query chunk.
+
+    ``comm`` (``fastccreid.evaluation.sharded.Comm``: ``rank``, ``world``, ``gather_rows``): every process of the
+    group passes the same whole inputs; the N x N neighbour search is split over the processes by row blocks and
+    gathered, the rest (O(N·k1)) is computed on each, so every process holds the one-process Reranker, bit for bit.
+    """
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= lambda_value <= 1.0:
@@ -301,7 +321,7 @@ def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_
     if nq == 0 or n == nq:
         raise ValueError("re-ranking needs a non-empty query set and gallery")
     kq = min(n, k1 + 1)
-    knn, knn_d, rowmax = _neighbours(rows, n, kq, dev)
+    knn, knn_d, rowmax = _neighbours(rows, n, kq, dev, comm)
     # the seed divides row i by the largest distance in column i of a symmetric matrix: the row's own maximum
     scale = torch.where(rowmax > 0, rowmax, torch.ones_like(rowmax))
     knn_nd = knn_d / scale[:, None]

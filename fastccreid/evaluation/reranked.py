@@ -4,6 +4,10 @@
 (O(N·k1)); each query chunk's re-ranked distances [C, G] go straight to ``rank_stats`` as precomputed distances,
 so no Q×G array is ever held (peak O(N·k1 + C·N)). The chunks are those ``fastccreid.rerank.re_ranking`` puts
 together, so the result is that of evaluating the dense re-ranked matrix, exactly.
+
+Over N processes (``comm``): the N×N neighbour search is split by row blocks (``build_reranker(comm=)``) and the
+query chunks by contiguous runs; each process evaluates its run and the per-query stats are gathered in query
+order, so every process returns the one-process stats.
 """
 
 from __future__ import annotations
@@ -14,24 +18,44 @@ import torch
 
 from fastccreid.evaluation.engine import rank_stats
 from fastccreid.kernels.rank_stats import RankStats
-from fastccreid.rerank import build_reranker
+from fastccreid.rerank import build_reranker, split_range
 
 
 def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[s:e]
 
 
+def _empty_stats(device: torch.device) -> RankStats:
+    i64, f64 = dict(dtype=torch.int64, device=device), dict(dtype=torch.float64, device=device)
+    return RankStats(first_rank=torch.zeros(0, **i64), ap=torch.zeros(0, **f64), inp=torch.zeros(0, **f64),
+                     num_matches=torch.zeros(0, **i64), valid=torch.zeros(0, dtype=torch.bool, device=device))
+
+
 def reranked_rank_stats(q: torch.Tensor, g: torch.Tensor, *, k1: int, k2: int, lambda_value: float, q_pids, g_pids,
                         q_camids=None, g_camids=None, q_clothes=None, g_clothes=None, junk: str | None = "market",
-                        chunk_size: int | None = None, backend: str = "auto") -> RankStats:
+                        chunk_size: int | None = None, backend: str = "auto", comm=None) -> RankStats:
     """Per-query ``RankStats`` [Q] of the k-reciprocal re-ranked distance of query features q [Q, D] against
-    gallery features g [G, D] (already normalised as the caller wants; labels as tensors on their device)."""
-    rr = build_reranker(q, g, k1, k2, lambda_value)
+    gallery features g [G, D] (already normalised as the caller wants; labels as tensors on their device).
+
+    ``comm`` (``fastccreid.evaluation.sharded.Comm``): every process passes the same whole inputs and gets the
+    whole result; the work is split over the processes."""
+    rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm)
+    edges = rr.boundaries()  # a function of V: the same on every process
+    nchunks = len(edges) - 1
+    a, b = (0, nchunks) if comm is None else split_range(nchunks, comm.rank, comm.world)
     parts = []
-    for s, e, d in rr.chunks():
+    for s, e in zip(edges[a:b], edges[a + 1 : b + 1], strict=True):
+        d = rr.chunk(s, e)
         parts.append(rank_stats(d, None, "precomputed", q_pids=q_pids[s:e], g_pids=g_pids,
                                 q_camids=_rows(q_camids, s, e), g_camids=g_camids, q_clothes=_rows(q_clothes, s, e),
                                 g_clothes=g_clothes, junk=junk, chunk_size=chunk_size, backend=backend))
         del d
-    return RankStats(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                        for f in dataclasses.fields(RankStats)})
+    if not parts:  # (a process with no query chunk: more processes than chunks)
+        parts = [_empty_stats(q.device)]
+    st = RankStats(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                      for f in dataclasses.fields(RankStats)})
+    if comm is None:
+        return st
+    sizes = [edges[split_range(nchunks, r, comm.world)[1]] - edges[split_range(nchunks, r, comm.world)[0]]
+             for r in range(comm.world)]
+    return RankStats(**{f.name: comm.gather_rows(getattr(st, f.name), sizes) for f in dataclasses.fields(RankStats)})

@@ -94,6 +94,17 @@ class Comm:
         self.dist.all_gather(parts, t, group=self.group)
         return parts
 
+    def gather_rows(self, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """Every process's row block of ``t`` (rank r holds ``sizes[r]`` rows, the other dims equal) concatenated
+        in rank order, on every process: padded to the largest block for the collective (bool through uint8)."""
+        if t.shape[0] != sizes[self.rank]:
+            raise ValueError(f"rank {self.rank} holds {t.shape[0]} rows, the plan says {sizes[self.rank]}")
+        src = t.to(torch.uint8) if t.dtype == torch.bool else t
+        buf = src.new_zeros((max(1, max(sizes)),) + tuple(src.shape[1:]))
+        buf[: src.shape[0]] = src
+        out = torch.cat([p[:k] for p, k in zip(self.all_gather(buf), sizes, strict=True)])
+        return out.to(torch.bool) if t.dtype == torch.bool else out
+
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         ops = {"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX, "min": self.dist.ReduceOp.MIN}
         self.dist.all_reduce(t, op=ops[op], group=self.group)
@@ -283,9 +294,11 @@ def sharded_rank_stats(dm, q, g, *, shard: Shard, comm: Comm, qp, gp, qc, gc, qc
 
 def sharded_stats(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, protocol: str,
                   protocols, junk_of: dict, precision: str, precisions, max_rank, normalize: bool, rerank: bool,
-                  chunk_size: int | None, backend: str, process_group) -> tuple[RankStats, int, int]:
+                  chunk_size: int | None, backend: str, process_group, rerank_k1: int = 20, rerank_k2: int = 6,
+                  rerank_lambda: float = 0.3) -> tuple[RankStats, int, int]:
     """``fastccreid.metrics.evaluate(..., process_group=...)``'s work: checks (every process raises when one does),
-    then ``sharded_rank_stats``. Returns (stats, number of queries, whole gallery size), the same on every process.
+    then ``sharded_rank_stats`` (or ``sharded_reranked_stats`` with ``rerank``). Returns (stats, number of queries,
+    whole gallery size), the same on every process.
     """
     from fastccreid.kernels.checks import check_distmat, check_eval_inputs, require_finite
 
@@ -297,9 +310,9 @@ def sharded_stats(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clot
     comm = Comm(group, flag_device)
     err, inp, dm = None, None, None
     try:
-        if rerank:
-            raise ValueError("rerank=True is not supported with process_group: k-reciprocal re-ranking needs the "
-                             "whole gallery-gallery distance matrix in one process")
+        if rerank and distmat is not None:
+            raise ValueError("rerank=True needs features (qf, gf): k-reciprocal re-ranking also uses the "
+                             "query-query and gallery-gallery distances")
         if protocol == "cuhk03":
             raise ValueError("protocol 'cuhk03' is not supported with process_group: its single-gallery-shot draws "
                              "consume one random stream along each query's whole ranked gallery, which no shard "
@@ -317,7 +330,7 @@ def sharded_stats(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clot
         if inp.dm is not None:
             dm = check_distmat(inp.dm)
         else:
-            if inp.q.dtype == torch.float64 or inp.g.dtype == torch.float64:
+            if not rerank and (inp.q.dtype == torch.float64 or inp.g.dtype == torch.float64):
                 raise ValueError("float64 features are not supported with process_group (their products are "
                                  "computed on the whole gallery at once); pass float32 features or a distance "
                                  "matrix")
@@ -341,20 +354,45 @@ def sharded_stats(distmat, qf, gf, *, q_pids, g_pids, q_camids, g_camids, q_clot
     d = -1 if dm is not None else inp.q.shape[1]
     qp = inp.qp
     ar = torch.arange(1, qp.numel() + 1, device=data_device)
+    has = [int(t is not None) for t in (inp.gc, inp.gcl)]
     mine = torch.stack([torch.tensor(inp.nq, device=data_device), torch.tensor(d, device=data_device),
-                        qp.sum(), (qp * ar).sum(), torch.tensor(inp.ng, device=data_device)]).to(torch.int64)
+                        qp.sum(), (qp * ar).sum(), torch.tensor(has[0], device=data_device),
+                        torch.tensor(has[1], device=data_device),
+                        torch.tensor(inp.ng, device=data_device)]).to(torch.int64)
     parts = comm.all_gather(mine)
-    diff = [r for r, p in enumerate(parts) if not torch.equal(p[:4], parts[0][:4])]
+    diff = [r for r, p in enumerate(parts) if not torch.equal(p[:6], parts[0][:6])]
     if diff:
-        raise ValueError(f"every process must pass the same queries (and feature dimension): rank(s) {diff} differ "
-                         "from rank 0 in the query count, feature dimension or q_pids")
-    sizes = [int(p[4].item()) for p in parts]
+        raise ValueError(f"every process must pass the same queries (and feature dimension, and camera / clothes "
+                         f"labels or none): rank(s) {diff} differ from rank 0 in the query count, feature dimension, "
+                         "q_pids or which gallery labels they pass")
+    sizes = [int(p[6].item()) for p in parts]
     shard = Shard(comm.rank, comm.world, sum(sizes[: comm.rank]), sizes[comm.rank], sum(sizes))
+    if rerank:
+        st = sharded_reranked_stats(inp, sizes, comm, junk=junk_of[protocol], normalize=normalize, k1=rerank_k1,
+                                    k2=rerank_k2, lambda_value=rerank_lambda, chunk_size=chunk_size, backend=backend)
+        return st, inp.nq, shard.total
     st = sharded_rank_stats(dm, inp.q, inp.g, shard=shard, comm=comm, qp=qp, gp=inp.gp, qc=inp.qc, gc=inp.gc,
                             qcl=inp.qcl, gcl=inp.gcl, junk=junk_of[protocol], normalize=normalize,
                             chunk_size=chunk_size)
     return st, inp.nq, shard.total
 
 
+def sharded_reranked_stats(inp, sizes: list[int], comm: Comm, *, junk, normalize: bool, k1: int, k2: int,
+                           lambda_value: float, chunk_size: int | None, backend: str) -> RankStats:
+    """Re-ranked evaluation with the gallery sharded: the shards (features and labels) are gathered in rank order,
+    so every process holds the whole gallery, O(G·D) (re-ranking needs every gallery-gallery neighbour), normalised
+    as one process does it; then ``reranked_rank_stats`` splits the N×N neighbour search and the query chunks over
+    the processes. Equals the one-process ``evaluate(rerank=True)``, bit for bit."""
+    from fastccreid.evaluation.reranked import reranked_rank_stats
+
+    g = comm.gather_rows(inp.g, sizes)
+    gp, gc, gcl = (None if t is None else comm.gather_rows(t, sizes) for t in (inp.gp, inp.gc, inp.gcl))
+    q = seed_normalize(inp.q) if normalize else inp.q.to(torch.float32)  # metrics.normalize_features, as one process
+    g = seed_normalize(g) if normalize else g.to(torch.float32)
+    return reranked_rank_stats(q, g, k1=k1, k2=k2, lambda_value=lambda_value, q_pids=inp.qp, g_pids=gp,
+                               q_camids=inp.qc, g_camids=gc, q_clothes=inp.qcl, g_clothes=gcl, junk=junk,
+                               chunk_size=chunk_size, backend=backend, comm=comm)
+
+
 __all__ = ["Comm", "Shard", "ShardDistances", "resolve_group", "shard_bounds", "sharded_rank_stats",
-           "sharded_stats"]
+           "sharded_reranked_stats", "sharded_stats"]
