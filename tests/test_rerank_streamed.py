@@ -142,3 +142,25 @@ def test_streamed_evaluation_never_holds_q_by_g():
     assert 0 < float(m_ap) <= 1
     assert int(grew) < 0.75 * int(dense), f"peak RSS grew by {int(grew) / 2**20:.0f} MiB; a dense Q×G is " \
                                           f"{int(dense) / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("kq", [2, 4, 7, 21])
+def test_symmetric_neighbour_search_equals_a_full_sort(monkeypatch, kq):
+    """The neighbour search from features (each pair once, 16-row blocks, running top-kq lists filtered by their
+    current worst) against numpy's stable argsort of the exact distances: the same kq nearest (ties by
+    index), distances and row maxima, with lists that the later blocks must displace (kq << N)."""
+    gen = torch.Generator().manual_seed(kq)
+    # small integers: every distance exact in fp32 and in fp64, many distinct values and some ties
+    q, g = (torch.randint(-3, 4, (m, 10), generator=gen).float() for m in (30, 131))
+    g[40:45] = g[3]  # exact duplicates: ties at every cut
+    monkeypatch.setattr(rerank_mod, "NEIGHBOUR_CHUNK_BYTES", 1)
+    rows, upper, *_ = rerank_mod._inputs(q, g, None, None, None)
+    assert upper is not None
+    n = q.shape[0] + g.shape[0]
+    idx, val, mx = rerank_mod._neighbours_symmetric(upper, n, kq, torch.device("cpu"))
+    f = torch.cat([q, g]).numpy().astype(np.float64)
+    d = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
+    want = np.argsort(d, axis=1, kind="stable")[:, :kq]
+    np.testing.assert_array_equal(idx.numpy(), want)
+    np.testing.assert_array_equal(val.numpy(), np.take_along_axis(d, want, 1).astype(np.float32))
+    np.testing.assert_array_equal(mx.numpy(), d.max(1).astype(np.float32))
