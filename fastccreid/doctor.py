@@ -534,6 +534,31 @@ def _dali_check(device: torch.device) -> Check:
     return Check(name, lambda: _dali_decode(device, decoder=decoder))
 
 
+def rerank_device_check(device: torch.device) -> tuple[bool, str]:
+    """Streamed k-reciprocal re-ranking on ``device`` against the CPU (issue 27): small-integer features (every
+    distance exact, so the neighbour lists must be identical), re-ranked distances within 2e-3 (the weights
+    exp(-d) / sum come from torch on a GPU, numpy on the CPU: a float16 entry of V can move by one ulp) and the
+    streamed evaluation's mAP within 1e-3."""
+    from fastccreid.metrics import evaluate
+    from fastccreid.rerank import build_reranker, re_ranking
+
+    gen = torch.Generator().manual_seed(27)
+    q, g = (torch.randint(-3, 4, (m, 16), generator=gen).float() for m in (40, 260))
+    qp, gp = torch.randint(0, 12, (40,), generator=gen), torch.randint(0, 12, (260,), generator=gen)
+    lab = dict(q_pids=qp, g_pids=gp, q_camids=torch.zeros(40, dtype=torch.int64),
+               g_camids=torch.ones(260, dtype=torch.int64))
+    a, b = build_reranker(q, g), build_reranker(q.to(device), g.to(device))
+    same_v = torch.equal(a.v_col, b.v_col.cpu()) and torch.equal(a.v_ptr, b.v_ptr.cpu())
+    ra, rb = re_ranking(q, g), re_ranking(q.to(device), g.to(device))
+    err = float(np.max(np.abs(ra - rb)))
+    ea = evaluate(qf=q, gf=g, normalize=False, rerank=True, **lab)
+    eb = evaluate(qf=q.to(device), gf=g.to(device), normalize=False, rerank=True,
+                  **{k: v.to(device) for k, v in lab.items()})
+    ok = same_v and err <= 2e-3 and abs(ea.mAP - eb.mAP) <= 1e-3
+    return ok, (f"re-ranking {device} vs cpu: V's support {'identical' if same_v else 'DIFFERS'}, max |diff| "
+                f"{err:.3g} (atol 2e-3), mAP {eb.mAP:.6f} vs {ea.mAP:.6f}")
+
+
 def cuda_checks(device: torch.device) -> list[Check]:
     """Checks that need a GPU: compiled Triton vs torch (one check per op, each its own cold compiles), DALI mixed
     decode, AMP train steps, the compiled train / eval cycle, syncs in the real step."""
@@ -551,6 +576,7 @@ def cuda_checks(device: torch.device) -> list[Check]:
     else:
         checks.append(skipped_check(f"compiled triton kernels vs torch ({device})", "triton is not installed"))
     checks.append(_dali_check(device))
+    checks.append(Check(f"streamed re-ranking ({device}) vs cpu", lambda: rerank_device_check(device)))
     checks.append(Check("bf16 train step", lambda: _train_steps(device, "bf16")))
     checks.append(Check("fp16 + GradScaler train step", lambda: _train_steps(device, "fp16")))
     checks.append(Check("compiled CSSC train / eval cycle does not recompile (padded last eval batch)",

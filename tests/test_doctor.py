@@ -266,3 +266,16 @@ def test_the_data_package_never_imports_the_doctor():
                     if isinstance(node, ast.ImportFrom) else [])
             found += [f"{name}: {m}" for m in mods if m == "fastccreid.doctor" or m.startswith("fastccreid.doctor.")]
     assert not found, found
+
+
+def test_rerank_device_check_runs_and_is_a_cuda_check():
+    """The GPU run's re-ranking parity (issue 27): the helper itself on the CPU (cpu vs cpu: identical), and it is
+    among the checks a GPU machine runs."""
+    import torch
+
+    from fastccreid.doctor import cuda_checks, rerank_device_check
+
+    ok, detail = rerank_device_check(torch.device("cpu"))
+    assert ok and "identical" in detail and "max |diff| 0 " in detail, detail
+    names = [c.name for c in cuda_checks(torch.device("cuda", 0))]
+    assert "streamed re-ranking (cuda:0) vs cpu" in names
