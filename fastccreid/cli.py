@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="use raw features (default: L2-normalise, as the seed)")
     p.add_argument("--reranking", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    p.add_argument("--roc", action="store_true",
+                   help="also TPR at FPR 1e-4 / 1e-3 / 1e-2 over every non-junk query-gallery pair (exact), in the "
+                        "table and the JSON (one process)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="feature precision for the distance screening (results stay exact with fp32)")
     p.add_argument("--nproc", type=int, default=1,

@@ -201,6 +201,9 @@ def run_eval_features(args) -> int:
         return 2
     if getattr(args, "compare_protocols", False):
         return _run_compare(args)
+    if getattr(args, "roc", False) and (nproc > 1 or world > 1):
+        _error("--roc runs in one process (the sharded evaluator has no ROC): drop --nproc / torchrun")
+        return 2
     if nproc > 1 and world <= 1:
         return _launch(args, nproc)
     if world > 1:
@@ -215,7 +218,7 @@ def run_eval_features(args) -> int:
             qf=q.feats, gf=g.feats, q_pids=q.pids, g_pids=g.pids, q_camids=q.camids, g_camids=g.camids,
             q_clothes=q.clothes, g_clothes=g.clothes, protocol=args.protocol, max_rank=args.max_rank,
             normalize=getattr(args, "normalize", True), precision=getattr(args, "precision", "fp32"),
-            rerank=getattr(args, "reranking", False),
+            rerank=getattr(args, "reranking", False), roc=getattr(args, "roc", False),
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         _error(str(exc))

@@ -102,3 +102,25 @@ def test_dimension_mismatch_and_missing_files(tmp_path, capsys):
     qp2, gp2 = _write(tmp_path / "q2.npz", **q2), _write(tmp_path / "g2.npz", **g2)
     assert main(["eval-features", qp2, gp2, "--protocol", "ltcc-cc"]) == 2
     assert "'clothes'" in capsys.readouterr().err
+
+
+def test_roc_reaches_the_table_and_the_json(tmp_path, capsys):
+    """--roc: TPR at FPR 1e-4 / 1e-3 / 1e-2 in the printed table and the JSON, the numbers of evaluate(roc=True)
+    (itself tested against a dense numpy ROC); refused with --nproc, naming the flag."""
+    q, g = _sets(seed=5, nq=30, ng=400)
+    paths = [str(save_features(str(tmp_path / f"{n}.npz"), s["feats"], s["pids"], s["camids"], s["clothes"]))
+             for n, s in (("query", q), ("gallery", g))]
+    out_json = tmp_path / "roc.json"
+    assert main(["eval-features", *paths, "--roc", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert all(k in text for k in ("TPR@FPR=1e-04", "TPR@FPR=1e-03", "TPR@FPR=1e-02")), text
+    res = json.loads(out_json.read_text())
+    exp = evaluate(qf=q["feats"], gf=g["feats"], q_pids=q["pids"], g_pids=g["pids"], q_camids=q["camids"],
+                   g_camids=g["camids"], roc=True)
+    assert res["roc"] == {k: pytest.approx(v, abs=1e-12) for k, v in exp.as_dict()["roc"].items()}
+    assert len(res["roc"]) == 3 and res["roc"]["TPR@FPR=1e-02"] > 0
+    plain = tmp_path / "plain.json"
+    assert main(["eval-features", *paths, "--json", str(plain)]) == 0
+    assert "roc" not in json.loads(plain.read_text()) and "TPR@FPR" not in capsys.readouterr().out
+    assert main(["eval-features", *paths, "--roc", "--nproc", "2"]) == 2
+    assert "--roc runs in one process" in capsys.readouterr().err
