@@ -190,7 +190,6 @@ def test_manifest_evaluates_as_ltcc_with_a_stand_in_model(ltcc_root):
         assert got[k].num_valid_queries == ref[k].num_valid_queries > 0
 
 
-@pytest.mark.slow
 def test_manifest_trains_one_epoch_and_evaluates_as_ltcc(ltcc_root, tmp_path):
     """CSV through ``train`` (1 epoch), JSON Lines through ``eval``: the checkpoint evaluates on the manifest to
     exactly the numbers it gets on the same images read as LTCC."""
