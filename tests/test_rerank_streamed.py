@@ -103,6 +103,33 @@ def test_distance_input_with_exact_ties():
     np.testing.assert_array_equal(a, b)  # every distance exact: the two inputs give the same bits
 
 
+@pytest.mark.parametrize("kind", ["random", "duplicates"])
+def test_held_block_buffer_gives_the_same_bits(monkeypatch, kind):
+    """The neighbour search's blocks written into one held buffer (what blocks of >= 32 MiB get) give the bits of
+    fresh blocks: a stale or overlapping view of the buffer would change the neighbours or the row maxima."""
+    q, g, _ = _case(kind, seed=4)
+    monkeypatch.setattr(rerank_mod, "NEIGHBOUR_CHUNK_BYTES", 1)  # 16-row blocks: many reuses of the buffer
+    fresh = re_ranking(q, g)
+    monkeypatch.setattr(rerank_mod, "HELD_MIN_ELEMENTS", 0)
+    held = re_ranking(q, g)
+    np.testing.assert_array_equal(held, fresh)
+    np.testing.assert_allclose(held, dense_rerank_fp32_jaccard(q, g, 20, 6, 0.3), atol=1e-6, rtol=0)
+
+
+def test_distance_input_is_not_modified():
+    """The caller's distance matrices (numpy, sharing memory with the tensors we read) come back unchanged."""
+    q, g, _ = _case("random", seed=2)
+
+    def sq(a, b):
+        return ((a[:, None, :] - b[None]) ** 2).sum(-1).numpy()
+
+    mats = dict(q_g_dist=sq(q, g), q_q_dist=sq(q, q), g_g_dist=sq(g, g))
+    keep = {k: v.copy() for k, v in mats.items()}
+    re_ranking(k1=8, k2=3, **mats)
+    for k, v in mats.items():
+        np.testing.assert_array_equal(v, keep[k], err_msg=k)
+
+
 def test_bad_distance_input():
     with pytest.raises(ValueError, match="q_g_dist"):
         re_ranking(q_g_dist=np.zeros(3), q_q_dist=np.zeros((3, 3)), g_g_dist=np.zeros((4, 4)))
