@@ -280,8 +280,8 @@ class Reranker:
     """The state re-ranked distances are computed from, O(N·k1): the encodings V (float16 values held in float32)
     as CSR rows (``v_ptr`` [N+1], ``v_col`` [M], ``v_val`` [M]), the gallery part of V by column (``g_ptr`` [N+1],
     ``g_row`` [Mg] gallery indices, ``g_val`` [Mg]), the per-row scale [N] of the original distance, and ``rows``,
-    ``gallery_rows``, the original distances [e-s, G] of queries s..e-1 to the gallery. Build with
-    ``build_reranker``."""
+    ``gallery_rows``, the original distances [e-s, G] of queries s..e-1 to the gallery, and the same gallery
+    columns as padded tables by length bucket (``bucket_tables``). Build with ``build_reranker``."""
 
     nq: int
     n: int
@@ -294,6 +294,10 @@ class Reranker:
     g_val: torch.Tensor
     scale: torch.Tensor
     gallery_rows: RowsFn
+    col_bucket: torch.Tensor  # [N] int64: the bucket of each column's gallery list (-1: none)
+    col_local: torch.Tensor  # [N] int64: the column's row in its bucket's table
+    tab_row: list[torch.Tensor]  # per bucket [n_b, L_b] int32: gallery rows of a column, padded with 0
+    tab_val: list[torch.Tensor]  # per bucket [n_b, L_b] float32: their V values, padded with 0.0
 
     @property
     def ng(self) -> int:
@@ -321,19 +325,32 @@ class Reranker:
 
     def chunk(self, s: int, e: int) -> torch.Tensor:
         """Re-ranked distances [e-s, G] float32 of queries s..e-1: (1 - lam) * jaccard + lam * d / scale, with
-        jaccard = 1 - m / (2 - m), m_ij = sum_k min(V_ik, V_jk) over the k both rows encode."""
+        jaccard = 1 - m / (2 - m), m_ij = sum_k min(V_ik, V_jk) over the k both rows encode.
+
+        m is summed per column bucket: each query entry (i, k) of a bucket takes column k's padded gallery list
+        (one contiguous row of that bucket's table, [L]) and adds min(V_ik, V_jk) at (i, j) for all its j at once:
+        [P, L] broadcast ops instead of per-pair index arithmetic (padding adds +0.0 to cell (i, 0): no change)."""
         ng, dev = self.ng, self.v_val.device
         a, b = int(self.v_ptr[s]), int(self.v_ptr[e])
         qc, qv = self.v_col[a:b], self.v_val[a:b]
-        qr = torch.repeat_interleave(torch.arange(e - s, device=dev), self.v_ptr[s + 1 : e + 1] - self.v_ptr[s:e])
-        starts = self.g_ptr[qc]
-        cnt = self.g_ptr[qc + 1] - starts
-        rep = torch.repeat_interleave(torch.arange(qc.numel(), device=dev), cnt)
-        gpos = starts[rep] + torch.arange(rep.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[rep]
+        itype = torch.int32 if (e - s) * ng < 2**31 else torch.int64  # half the index traffic where it fits
+        qr = torch.repeat_interleave(torch.arange(e - s, device=dev, dtype=itype),
+                                     self.v_ptr[s + 1 : e + 1] - self.v_ptr[s:e])
+        bk = self.col_bucket[qc]
+        order = torch.argsort(bk, stable=True)  # by bucket; within a bucket in entry order (rows, then columns)
+        counts = torch.bincount(bk + 1, minlength=len(self.tab_row) + 1).tolist()
         m = torch.zeros((e - s) * ng, dtype=torch.float32, device=dev)
-        # for each (query, gallery) pair the terms are added in ascending k (query entries are sorted by column)
-        m.index_add_(0, qr[rep] * ng + self.g_row[gpos], torch.minimum(qv[rep], self.g_val[gpos]))
-        del rep, gpos
+        at = counts[0]  # (entries whose column has no gallery entry: bucket -1, first in the order)
+        for t, c in enumerate(counts[1:]):
+            if c == 0:
+                continue
+            sel = order[at : at + c]
+            at += c
+            loc = self.col_local[qc[sel]]
+            key = self.tab_row[t][loc].to(itype).add_((qr[sel] * ng)[:, None])  # [P, L] cells i * G + j
+            val = torch.minimum(self.tab_val[t][loc], qv[sel][:, None])  # [P, L]
+            m.index_add_(0, key.view(-1), val.view(-1))
+            del key, val
         m = m.view(e - s, ng)
         # in place, the same operations (and bits) as (1 - m / (2 - m)) * (1 - lam) + (d / scale) * lam
         jac = m.div_(2 - m).neg_().add_(1).mul_(1 - self.lam)
@@ -345,6 +362,41 @@ class Reranker:
         edges = self.boundaries()
         for s, e in zip(edges[:-1], edges[1:], strict=True):
             yield s, e, self.chunk(s, e)
+
+
+def bucket_lengths(longest: int) -> list[int]:
+    """Padded list lengths 1, 2, 3, 4, 6, 8, 12, 16, 24, ... up to >= ``longest``: a list of length c is padded to
+    the first that holds it (at most 1.5x its length; ~1.2x over the heavy-tailed column counts of V)."""
+    out = [1, 2, 3]
+    while out[-1] < longest:
+        out.append(out[-2] * 2)
+    return out
+
+
+def bucket_tables(ptr: torch.Tensor, row: torch.Tensor, val: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """CSC lists (``ptr`` [N+1], ``row`` [M], ``val`` [M]) as padded tables by length bucket: per column its
+    bucket [N] (-1 when empty) and row in that bucket's table [N]; per bucket rows [n_b, L_b] (padding 0) and
+    values [n_b, L_b] (padding 0.0), entries in list order."""
+    n, dev = ptr.numel() - 1, ptr.device
+    cnt = ptr[1:] - ptr[:-1]
+    lengths = bucket_lengths(int(cnt.max()) if n else 1)
+    lens_t = torch.tensor(lengths, dtype=torch.int64, device=dev)
+    bucket = torch.searchsorted(lens_t, cnt)  # first length >= the column's count
+    bucket = torch.where(cnt > 0, bucket, torch.full_like(bucket, -1))
+    local = torch.zeros(n, dtype=torch.int64, device=dev)
+    tab_row, tab_val = [], []
+    for t, length in enumerate(lengths):
+        cols = torch.nonzero(bucket == t).squeeze(1)
+        local[cols] = torch.arange(cols.numel(), device=dev)
+        pos = ptr[cols][:, None] + torch.arange(length, device=dev)  # [n_b, L]
+        ok = pos < ptr[cols + 1][:, None]
+        pos = torch.where(ok, pos, torch.zeros_like(pos)).clamp_(max=max(row.numel() - 1, 0))
+        # (int32: gallery indices; the cell keys i * G + j are formed in the chunk's index type)
+        tab_row.append((torch.where(ok, row[pos], torch.zeros_like(pos)) if row.numel() else pos.zero_()).int())
+        tab_val.append(torch.where(ok, val[pos], torch.zeros((), device=dev)) if row.numel()
+                       else torch.zeros(pos.shape, device=dev))
+    return bucket, local, tab_row, tab_val
 
 
 def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
@@ -490,8 +542,11 @@ def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_
     go = torch.argsort(gcol, stable=True)  # by column, gallery rows ascending within a column
     g_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     g_ptr[1:] = torch.cumsum(torch.bincount(gcol, minlength=n), 0)
+    g_row, g_val = gr[go], gval[go]
+    col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, g_row, g_val)
     return Reranker(nq=nq, n=n, lam=float(lambda_value), v_ptr=v_ptr, v_col=vc, v_val=vals, g_ptr=g_ptr,
-                    g_row=gr[go], g_val=gval[go], scale=scale, gallery_rows=gallery_rows)
+                    g_row=g_row, g_val=g_val, scale=scale, gallery_rows=gallery_rows, col_bucket=col_bucket,
+                    col_local=col_local, tab_row=tab_row, tab_val=tab_val)
 
 
 def re_ranking(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
