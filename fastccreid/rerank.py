@@ -39,6 +39,7 @@ PAIR_BUDGET = 1 << 21  # (query entry, gallery entry) pairs of V summed at once 
 EXPANSION_BLOCK = 1 << 18  # (item, candidate) pairs tested at once in the expansion rule
 
 HELD_MIN_ELEMENTS = 8 << 20  # 32 MiB of fp32: glibc's largest dynamic mmap threshold; larger blocks are held
+TRANSPOSE_TILE = 1024  # columns of the first block transposed at once ([1024, 2048] fp32: 8 MiB, heap-reused)
 
 RowsFn = Callable[[int, int], torch.Tensor]
 PairsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,18 +53,19 @@ def _feats(x, name: str) -> torch.Tensor:
 
 
 class _Workspace:
-    """One reusable fp32 buffer for the large per-block temporaries: a fresh [2048, N] tensor per block costs its
-    page faults every time (the allocator returns big blocks to the OS on free: ~0.4 s per 2048 x 34,000 block on a
-    2-core EPYC against 0.013 s to refill a held one). Views of it are only valid until the next ``take``."""
+    """One reusable buffer (fp32 unless told) for the large per-block temporaries: a fresh [2048, N] tensor per
+    block costs its page faults every time (the allocator returns big blocks to the OS on free: ~0.4 s per
+    2048 x 34,000 block on a 2-core EPYC against 0.013 s to refill a held one). Views of it are only valid until
+    the next ``take``."""
 
-    def __init__(self, device: torch.device):
-        self.buf = torch.empty(0, dtype=torch.float32, device=device)
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.buf = torch.empty(0, dtype=dtype, device=device)
 
     def take(self, rows: int, cols: int) -> torch.Tensor:
-        if rows * cols < HELD_MIN_ELEMENTS:  # small blocks: the allocator reuses its heap for them, fault-free
-            return torch.empty(rows, cols, dtype=torch.float32, device=self.buf.device)
+        if rows * cols * self.buf.element_size() < 4 * HELD_MIN_ELEMENTS:  # small: the heap reuses them, fault-free
+            return torch.empty(rows, cols, dtype=self.buf.dtype, device=self.buf.device)
         if self.buf.numel() < rows * cols:
-            self.buf = torch.empty(rows * cols, dtype=torch.float32, device=self.buf.device)
+            self.buf = torch.empty(rows * cols, dtype=self.buf.dtype, device=self.buf.device)
         return self.buf[: rows * cols].view(rows, cols)
 
 
@@ -167,6 +169,7 @@ def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, 
     val = torch.full((n, kq), inf, dtype=torch.float32, device=device)
     idx = torch.full((n, kq), -1, dtype=torch.int64, device=device)
     mx = torch.full((n,), -inf, dtype=torch.float32, device=device)
+    ws_mask = _Workspace(device, torch.bool)
     seen = 0  # rows of this process's blocks so far: every later row's list holds that many pairs (full at kq)
     for s in mine:
         e = min(n, s + chunk)
@@ -180,12 +183,17 @@ def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, 
             # a pair can only enter row c's final list if it is <= c's current worst (which only decreases): a
             # threshold pass instead of a top-k over every transposed row. Exact (tests: a full sort)
             if seen < kq:  # the first blocks (lists not yet full, every pair passes the threshold): a top-k per row
-                cv, ci = _block_candidates(tail.t().contiguous(), kq, s)  # [N-e, e-s] -> [N-e, <=kq]
-                val[e:], idx[e:] = _merge(val[e:], idx[e:], cv, ci, kq)
+                for c0 in range(0, n - e, TRANSPOSE_TILE):  # [TILE, e-s] transposed tiles: no fresh [N-e, e-s] copy
+                    c1 = min(n - e, c0 + TRANSPOSE_TILE)
+                    cv, ci = _block_candidates(tail[:, c0:c1].t().contiguous(), kq, s)  # [c1-c0, <=kq]
+                    val[e + c0 : e + c1], idx[e + c0 : e + c1] = _merge(val[e + c0 : e + c1], idx[e + c0 : e + c1],
+                                                                        cv, ci, kq)
                 seen += e - s
                 continue
             seen += e - s
-            hr, hc = torch.nonzero(tail <= val[e:, kq - 1][None, :], as_tuple=True)
+            # (the [e-s, N-e] mask in a held buffer: a fresh one per block is page faults again)
+            hit = torch.le(tail, val[e:, kq - 1][None, :], out=ws_mask.take(e - s, n - e))
+            hr, hc = torch.nonzero(hit, as_tuple=True)
             if hr.numel():
                 o = torch.sort(hc, stable=True).indices  # grouped by column, rows ascending within
                 hr, hc = hr[o], hc[o]

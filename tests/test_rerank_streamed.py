@@ -181,13 +181,15 @@ def test_streamed_evaluation_never_holds_q_by_g():
 @pytest.mark.parametrize("kq", [2, 4, 7, 21])
 def test_symmetric_neighbour_search_equals_a_full_sort(monkeypatch, kq):
     """The neighbour search from features (each pair once, 16-row blocks, running top-kq lists filtered by their
-    current worst) against numpy's stable argsort of the exact distances: the same kq nearest (ties by
-    index), distances and row maxima, with lists that the later blocks must displace (kq << N)."""
+    current worst; transposed tiles, held buffers) against numpy's stable argsort of the exact distances: the same
+    kq nearest (ties by index), distances and row maxima, with lists that the later blocks must displace (kq << N)."""
     gen = torch.Generator().manual_seed(kq)
     # small integers: every distance exact in fp32 and in fp64, many distinct values and some ties
     q, g = (torch.randint(-3, 4, (m, 10), generator=gen).float() for m in (30, 131))
     g[40:45] = g[3]  # exact duplicates: ties at every cut
     monkeypatch.setattr(rerank_mod, "NEIGHBOUR_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rerank_mod, "TRANSPOSE_TILE", 7)  # the first blocks' columns in several odd-sized tiles
+    monkeypatch.setattr(rerank_mod, "HELD_MIN_ELEMENTS", 0)  # and every block and mask in the held buffers
     rows, upper, *_ = rerank_mod._inputs(q, g, None, None, None)
     assert upper is not None
     n = q.shape[0] + g.shape[0]
