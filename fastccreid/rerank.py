@@ -286,10 +286,10 @@ def _exp_neg(d: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Reranker:
     """The state re-ranked distances are computed from, O(N·k1): the encodings V (float16 values held in float32)
-    as CSR rows (``v_ptr`` [N+1], ``v_col`` [M], ``v_val`` [M]), the gallery part of V by column (``g_ptr`` [N+1],
-    ``g_row`` [Mg] gallery indices, ``g_val`` [Mg]), the per-row scale [N] of the original distance, and ``rows``,
-    ``gallery_rows``, the original distances [e-s, G] of queries s..e-1 to the gallery, and the same gallery
-    columns as padded tables by length bucket (``bucket_tables``). Build with ``build_reranker``."""
+    as CSR rows (``v_ptr`` [N+1], ``v_col`` [M], ``v_val`` [M]), the gallery part of V by column as padded tables
+    by length bucket (``bucket_tables``; ``g_ptr`` [N+1] its column pointers, which size the query chunks), the
+    per-row scale [N] of the original distance, and ``gallery_rows``, the original distances [e-s, G] of queries
+    s..e-1 to the gallery. Build with ``build_reranker``."""
 
     nq: int
     n: int
@@ -298,8 +298,6 @@ class Reranker:
     v_col: torch.Tensor
     v_val: torch.Tensor
     g_ptr: torch.Tensor
-    g_row: torch.Tensor
-    g_val: torch.Tensor
     scale: torch.Tensor
     gallery_rows: RowsFn
     col_bucket: torch.Tensor  # [N] int64: the bucket of each column's gallery list (-1: none)
@@ -399,11 +397,10 @@ def bucket_tables(ptr: torch.Tensor, row: torch.Tensor, val: torch.Tensor
         local[cols] = torch.arange(cols.numel(), device=dev)
         pos = ptr[cols][:, None] + torch.arange(length, device=dev)  # [n_b, L]
         ok = pos < ptr[cols + 1][:, None]
-        pos = torch.where(ok, pos, torch.zeros_like(pos)).clamp_(max=max(row.numel() - 1, 0))
+        pos = torch.where(ok, pos, torch.zeros_like(pos))  # (a bucket has columns only where M > 0: 0 is valid)
         # (int32: gallery indices; the cell keys i * G + j are formed in the chunk's index type)
-        tab_row.append((torch.where(ok, row[pos], torch.zeros_like(pos)) if row.numel() else pos.zero_()).int())
-        tab_val.append(torch.where(ok, val[pos], torch.zeros((), device=dev)) if row.numel()
-                       else torch.zeros(pos.shape, device=dev))
+        tab_row.append(torch.where(ok, row[pos], torch.zeros_like(pos)).int())
+        tab_val.append(torch.where(ok, val[pos], torch.zeros((), device=dev)))
     return bucket, local, tab_row, tab_val
 
 
@@ -550,10 +547,9 @@ def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_
     go = torch.argsort(gcol, stable=True)  # by column, gallery rows ascending within a column
     g_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     g_ptr[1:] = torch.cumsum(torch.bincount(gcol, minlength=n), 0)
-    g_row, g_val = gr[go], gval[go]
-    col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, g_row, g_val)
+    col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, gr[go], gval[go])
     return Reranker(nq=nq, n=n, lam=float(lambda_value), v_ptr=v_ptr, v_col=vc, v_val=vals, g_ptr=g_ptr,
-                    g_row=g_row, g_val=g_val, scale=scale, gallery_rows=gallery_rows, col_bucket=col_bucket,
+                    scale=scale, gallery_rows=gallery_rows, col_bucket=col_bucket,
                     col_local=col_local, tab_row=tab_row, tab_val=tab_val)
 
 
