@@ -92,6 +92,21 @@ def test_many_chunks_and_blocks(monkeypatch, kind):
     assert abs(a.mAP - b.mAP) <= 1e-12 and np.array_equal(a.cmc, b.cmc)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_queries_without_gallery_identity(monkeypatch, chunk_size):
+    """Queries whose identity has no gallery item among others in the same chunk (their rows are left out of the
+    chunk's rank statistics), with and without row slices of each chunk: per query as evaluating the dense matrix."""
+    q, g, lab = _case("random", seed=5)
+    lab["q_pids"] = lab["q_pids"].clone()
+    lab["q_pids"][1::3] = 1000 + torch.arange(lab["q_pids"][1::3].numel())  # no gallery item has these pids
+    monkeypatch.setattr(rerank_mod, "QUERY_CHUNK_BYTES", 4 * 8 * (q.shape[0] + g.shape[0]))  # 8-query chunks
+    a = evaluate(torch.from_numpy(re_ranking(q, g)), return_per_query=True, **lab)
+    b = evaluate(qf=q, gf=g, normalize=False, rerank=True, chunk_size=chunk_size, return_per_query=True, **lab)
+    assert np.array_equal(a.valid_query_index, b.valid_query_index) and np.array_equal(a.cmc, b.cmc)
+    np.testing.assert_allclose(b.all_AP, a.all_AP, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(b.all_INP, a.all_INP, atol=1e-12, rtol=0)
+
+
 def test_distance_input_with_exact_ties():
     q, g, _ = _case("ties", seed=1)
 

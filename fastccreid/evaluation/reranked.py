@@ -16,13 +16,14 @@ import dataclasses
 
 import torch
 
-from fastccreid.evaluation.engine import rank_stats
-from fastccreid.kernels.rank_stats import RankStats
+from fastccreid.evaluation.workspace import Workspace
+from fastccreid.kernels._backend import rank_stats_backend
+from fastccreid.kernels.rank_stats import Matches, PidIndex, RankStats, chunk_stats, finish_stats
 from fastccreid.rerank import build_reranker, split_range
 
 
-def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
-    return None if t is None else t[s:e]
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[idx]
 
 
 def _empty_stats(device: torch.device) -> RankStats:
@@ -39,16 +40,34 @@ def reranked_rank_stats(q: torch.Tensor, g: torch.Tensor, *, k1: int, k2: int, l
 
     ``comm`` (``fastccreid.evaluation.sharded.Comm``): every process passes the same whole inputs and gets the
     whole result; the work is split over the processes."""
+    rank_stats_backend(backend, q)  # (a bad choice fails here; re-ranked chunks always take the torch path)
     rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm)
     edges = rr.boundaries()  # a function of V: the same on every process
     nchunks = len(edges) - 1
     a, b = (0, nchunks) if comm is None else split_range(nchunks, comm.rank, comm.world)
+    # the rank statistics of each chunk straight from the chunk's own buffer (what rank_stats(d, None,
+    # "precomputed") computes, per query the same bits, without its two copies of every [C, G] chunk)
+    index = PidIndex(g_pids)
+    lo, cnt = index.ranges(q_pids)
+    ws = Workspace(q.device)
     parts = []
     for s, e in zip(edges[a:b], edges[a + 1 : b + 1], strict=True):
-        d = rr.chunk(s, e)
-        parts.append(rank_stats(d, None, "precomputed", q_pids=q_pids[s:e], g_pids=g_pids,
-                                q_camids=_rows(q_camids, s, e), g_camids=g_camids, q_clothes=_rows(q_clothes, s, e),
-                                g_clothes=g_clothes, junk=junk, chunk_size=chunk_size, backend=backend))
+        d = rr.chunk(s, e)  # [e-s, G], ours: chunk_stats overwrites it
+        first = torch.zeros(e - s, dtype=torch.int64, device=q.device)
+        ap = torch.zeros(e - s, dtype=torch.float64, device=q.device)
+        inp = torch.zeros(e - s, dtype=torch.float64, device=q.device)
+        nmatch = torch.zeros(e - s, dtype=torch.int64, device=q.device)
+        li = torch.nonzero(cnt[s:e] > 0).squeeze(1)  # only queries with a same-pid gallery item can be valid
+        if li.numel():
+            qi = li + s
+            m = index.gather(lo[qi], cnt[qi], _rows(q_camids, qi), g_camids, _rows(q_clothes, qi), g_clothes, junk)
+            dq = d if li.numel() == e - s else d[li]
+            step = chunk_size or li.numel()  # (row slices of the chunk: views, no copy)
+            for r0 in range(0, li.numel(), step):
+                r = slice(r0, r0 + step)
+                mr = Matches(idx=m.idx[r], is_match=m.is_match[r])
+                first[li[r]], ap[li[r]], inp[li[r]], nmatch[li[r]] = chunk_stats(dq[r], mr, ws=ws)
+        parts.append(finish_stats(first, ap, inp, nmatch))
         del d
     if not parts:  # (a process with no query chunk: more processes than chunks)
         parts = [_empty_stats(q.device)]
