@@ -11,8 +11,21 @@ import tempfile
 
 import pytest
 
-# torch.compile / Triton caches go to a throw-away folder, never into the checkout or the user's home.
-_CACHE_DIR = tempfile.mkdtemp(prefix="fastccreid-test-cache-")
+# Under pytest-xdist (the README's test command: two workers) the cores are shared out: each worker, and the
+# processes it starts, gets cores / workers OpenMP threads (1 on 2 cores: two 2-thread pools on two cores would
+# spin-wait on each other), unless OMP_NUM_THREADS is set. Set before torch is imported by any test module.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+# torch.compile / Triton caches go to a throw-away folder, never into the checkout or the user's home (one folder
+# for all the workers of an xdist run: a kernel compiled by one is reused by the other).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+    _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"fastccreid-test-cache-{_RUN}")
+    os.makedirs(_CACHE_DIR, exist_ok=True)
+else:
+    _CACHE_DIR = tempfile.mkdtemp(prefix="fastccreid-test-cache-")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_CACHE_DIR, "inductor"))
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_CACHE_DIR, "triton"))
 
