@@ -170,8 +170,13 @@ def evaluate(
             normalized = True
             require_finite(q)  # (rank_stats checks the features it is given itself)
             require_finite(g)
-            q = normalize_features(q) if normalize else q.to(torch.float32)
-            g = normalize_features(g) if normalize else g.to(torch.float32)
+            if rerank:  # re-ranking works on the stacked query + gallery set: one [Q + G, D] buffer, its row views
+                from fastccreid.rerank import stack_features
+
+                q, g = stack_features(q, g, normalize)
+            else:
+                q = normalize_features(q) if normalize else q.to(torch.float32)
+                g = normalize_features(g) if normalize else g.to(torch.float32)
     kwargs = dict(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, q_clothes=qcl, g_clothes=gcl, junk=junk,
                   chunk_size=chunk_size, backend=backend)
     streamed = False

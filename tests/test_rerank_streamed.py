@@ -215,3 +215,28 @@ def test_symmetric_neighbour_search_equals_a_full_sort(monkeypatch, kq):
     np.testing.assert_array_equal(idx.numpy(), want)
     np.testing.assert_array_equal(val.numpy(), np.take_along_axis(d, want, 1).astype(np.float32))
     np.testing.assert_array_equal(mx.numpy(), d.max(1).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stacked_features_are_one_buffer_with_the_same_bits(dtype):
+    """``stack_features`` writes the normalised (or converted) rows into one [Q + G, D] fp32 buffer: the bits of
+    ``normalize_features`` / ``.float()``; re-ranking then reads that buffer in place (no concatenated copy) and gets
+    the bits of separate tensors; rows that do not directly follow each other are concatenated, never aliased."""
+    from fastccreid.metrics import normalize_features
+
+    q, g, _ = _case("random", seed=6)
+    q, g = (3 * q).to(dtype), (3 * g).to(dtype)
+    qs, gs = rerank_mod.stack_features(q, g, normalize=True)
+    assert qs.dtype == gs.dtype == torch.float32
+    assert torch.equal(qs, normalize_features(q).float()) and torch.equal(gs, normalize_features(g).float())
+    raw_q, raw_g = rerank_mod.stack_features(q, g, normalize=False)
+    assert torch.equal(raw_q, q.float()) and torch.equal(raw_g, g.float())
+    both = rerank_mod._stacked(qs, gs)
+    assert both.data_ptr() == qs.data_ptr() and torch.equal(both, torch.cat([qs, gs]))
+    buf = torch.cat([qs, qs[:1], gs])  # a row between the two: not adjacent
+    for a, b in ((buf[: len(qs)], buf[len(qs) + 1 :]), (gs, qs), (qs[:, :8], gs[:, :8])):
+        got = rerank_mod._stacked(a, b)
+        assert got.data_ptr() != a.data_ptr() and torch.equal(got, torch.cat([a, b]))
+    one = np.concatenate([d.numpy() for _, _, d in build_reranker(qs, gs).chunks()])
+    sep = np.concatenate([d.numpy() for _, _, d in build_reranker(qs.clone(), gs.clone()).chunks()])
+    np.testing.assert_array_equal(one, sep)

@@ -384,11 +384,11 @@ def sharded_reranked_stats(inp, sizes: list[int], comm: Comm, *, junk, normalize
     as one process does it; then ``reranked_rank_stats`` splits the N×N neighbour search and the query chunks over
     the processes. Equals the one-process ``evaluate(rerank=True)``, bit for bit."""
     from fastccreid.evaluation.reranked import reranked_rank_stats
+    from fastccreid.rerank import stack_features
 
     g = comm.gather_rows(inp.g, sizes)
     gp, gc, gcl = (None if t is None else comm.gather_rows(t, sizes) for t in (inp.gp, inp.gc, inp.gcl))
-    q = seed_normalize(inp.q) if normalize else inp.q.to(torch.float32)  # metrics.normalize_features, as one process
-    g = seed_normalize(g) if normalize else g.to(torch.float32)
+    q, g = stack_features(inp.q, g, normalize)  # as one process (metrics.evaluate)
     return reranked_rank_stats(q, g, k1=k1, k2=k2, lambda_value=lambda_value, q_pids=inp.qp, g_pids=gp,
                                q_camids=inp.qc, g_camids=gc, q_clothes=inp.qcl, g_clothes=gcl, junk=junk,
                                chunk_size=chunk_size, backend=backend, comm=comm)
