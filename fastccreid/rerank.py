@@ -52,8 +52,14 @@ def _tensor2d(x, name: str) -> torch.Tensor:
     return t
 
 
-def _feats(x, name: str) -> torch.Tensor:
-    return _tensor2d(x, name).to(dtype=torch.float32)
+def _feature_pair(probFea, galFea) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803
+    """The query and gallery features as 2-D tensors (their own dtype) of one width on one device."""
+    q, g = _tensor2d(probFea, "probFea"), _tensor2d(galFea, "galFea")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"probFea and galFea dims differ: {q.shape[1]} vs {g.shape[1]}")
+    if q.device != g.device:
+        raise ValueError(f"probFea and galFea are on different devices: {q.device} vs {g.device}")
+    return q, g
 
 
 def stack_features(probFea, galFea, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803
@@ -63,11 +69,7 @@ def stack_features(probFea, galFea, normalize: bool) -> tuple[torch.Tensor, torc
     (no second N x D copy: 0.77 GB at MSMT17 size)."""
     from fastccreid.kernels.seed_distance import seed_normalize
 
-    q, g = _tensor2d(probFea, "probFea"), _tensor2d(galFea, "galFea")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"probFea and galFea dims differ: {q.shape[1]} vs {g.shape[1]}")
-    if q.device != g.device:
-        raise ValueError(f"probFea and galFea are on different devices: {q.device} vs {g.device}")
+    q, g = _feature_pair(probFea, galFea)
     buf = torch.empty(q.shape[0] + g.shape[0], q.shape[1], dtype=torch.float32, device=q.device)
     for part, x in ((buf[: q.shape[0]], q), (buf[q.shape[0] :], g)):
         if normalize:
@@ -446,11 +448,7 @@ def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
     caller may overwrite, valid until the next call),
     pairs(i [P], j [P]) -> [P], nq, n, device)."""
     if probFea is not None and galFea is not None:
-        q, g = _feats(probFea, "probFea"), _feats(galFea, "galFea")
-        if q.shape[1] != g.shape[1]:
-            raise ValueError(f"probFea and galFea dims differ: {q.shape[1]} vs {g.shape[1]}")
-        if q.device != g.device:
-            raise ValueError(f"probFea and galFea are on different devices: {q.device} vs {g.device}")
+        q, g = (t.to(torch.float32) for t in _feature_pair(probFea, galFea))
         feat = _stacked(q, g)  # (read only: a view of the caller's buffer where that is one)
         sq = feat.pow(2).sum(1, keepdim=True)
         nq = q.shape[0]
