@@ -1,9 +1,11 @@
 """Re-ranked evaluation streamed by query chunks: ``fastccreid.metrics.evaluate(rerank=True)`` -> here.
 
 ``fastccreid.rerank.build_reranker`` keeps the k-reciprocal encodings V of the stacked query + gallery set
-(O(N·k1)); each query chunk's re-ranked distances [C, G] go straight to ``rank_stats`` as precomputed distances,
-so no Q×G array is ever held (peak O(N·k1 + C·N)). The chunks are those ``fastccreid.rerank.re_ranking`` puts
-together, so the result is that of evaluating the dense re-ranked matrix, exactly.
+(O(N·k1)); each query chunk's re-ranked distances [C, G] go straight to the rank statistics' chunk routine
+(``fastccreid.kernels.rank_stats.chunk_stats``, in the chunk's own buffer: what ``rank_stats(d, None, "precomputed")``
+computes per query, without its copies), so no Q×G array is ever held (peak O(N·k1 + C·N)). The chunks are those
+``fastccreid.rerank.re_ranking`` puts together, so the result is that of evaluating the dense re-ranked matrix,
+exactly.
 
 Over N processes (``comm``): the N×N neighbour search is split by row blocks (``build_reranker(comm=)``) and the
 query chunks by contiguous runs; each process evaluates its run and the per-query stats are gathered in query
