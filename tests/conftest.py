@@ -16,7 +16,8 @@ import pytest
 # spin-wait on each other), unless OMP_NUM_THREADS is set. Set before torch is imported by any test module.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
 if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // _WORKERS))
 
 # torch.compile / Triton caches go to a throw-away folder, never into the checkout or the user's home (one folder
 # for all the workers of an xdist run: a kernel compiled by one is reused by the other).
