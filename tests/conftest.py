@@ -10,14 +10,14 @@ import os
 import tempfile
 
 import pytest
+from helpers.cores import usable_cores
 
 # Under pytest-xdist (the README's test command: two workers) the cores are shared out: each worker, and the
 # processes it starts, gets cores / workers OpenMP threads (1 on 2 cores: two 2-thread pools on two cores would
 # spin-wait on each other), unless OMP_NUM_THREADS is set. Set before torch is imported by any test module.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
 if os.environ.get("PYTEST_XDIST_WORKER") and _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // _WORKERS))
 
 # torch.compile / Triton caches go to a throw-away folder, never into the checkout or the user's home (one folder
 # for all the workers of an xdist run: a kernel compiled by one is reused by the other).

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cores import usable_cores
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,8 +21,7 @@ def test_kernels_under_the_interpreter():
     pytest.importorskip("triton")
     # the interpreter runs each program in Python, one core a process: with pytest-xdist (the dev extra) the
     # session's tests go to one worker per core (OMP 1 each), about half the wall time on 2 cores; serial without
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(4, cores) if importlib.util.find_spec("xdist") else 1
+    workers = min(4, usable_cores()) if importlib.util.find_spec("xdist") else 1
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1" if workers > 1 else "2")
     env.pop("FASTCCREID_BACKEND", None)
     files = sorted(str(p) for p in HERE.glob("test_triton_*.py"))
