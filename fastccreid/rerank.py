@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastccreid.kernels import rerank_cpu
+
 NEIGHBOUR_CHUNK_BYTES = 256 << 20  # one [rows, N] fp32 block of the neighbour search (wide blocks: BLAS speed)
 QUERY_CHUNK_BYTES = 32 << 20  # one [rows, N] fp32 block of a re-ranked query chunk
 PAIR_BUDGET = 1 << 21  # (query entry, gallery entry) pairs of V summed at once (~40 bytes each)
@@ -185,13 +187,14 @@ def _merge(v: torch.Tensor, i: torch.Tensor, cv: torch.Tensor, ci: torch.Tensor,
     return av.gather(1, o), ai.gather(1, o)
 
 
-def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, comm=None
+def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, comm=None, native: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_neighbours`` for a symmetric distance, computing each pair once (half the N x N Gram): row block
     [s, e) against columns s.. gives rows s..e-1 their candidates there and, transposed, columns e.. theirs among
     rows s..e-1; running (distance, index) top-kq lists and row maxima are merged per block. The block at s is
     [chunk, N-s] whichever process computes it (the same bits); with ``comm`` the row blocks are split by work and
-    the per-process lists merged (exact in any order)."""
+    the per-process lists merged (exact in any order). ``native``: each block by the CPU kernel (finite distances
+    only: it does not order NaN as torch's top-k does)."""
     chunk = max(16, min(2048, NEIGHBOUR_CHUNK_BYTES // (4 * n)))  # 2048 x 512 products: ~25% faster than 512
     starts = list(range(0, n, chunk))
     mine = starts
@@ -206,6 +209,21 @@ def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, 
     val = torch.full((n, kq), inf, dtype=torch.float32, device=device)
     idx = torch.full((n, kq), -1, dtype=torch.int64, device=device)
     mx = torch.full((n,), -inf, dtype=torch.float32, device=device)
+    if native:
+        # one C pass per block (kernels/csrc/rerank_cpu.c: row and column candidates and maxima at once) instead
+        # of torch's five; the same lists and maxima, bit for bit. thr: the columns' last list values, contiguous
+        thr = torch.full((n,), inf, dtype=torch.float32, device=device)
+        threads = torch.get_num_threads()
+        for s in mine:
+            e = min(n, s + chunk)
+            d = upper(s, e)  # [e-s, N-s]
+            rv, ri, rm = rerank_cpu.scan_block(d, s, kq, val, idx, thr, mx, threads)  # rows: one list per thread
+            mx[s:e] = torch.maximum(mx[s:e], rm.amax(0))
+            t_n = rv.shape[0]
+            val[s:e], idx[s:e] = _merge(val[s:e], idx[s:e], rv.permute(1, 0, 2).reshape(e - s, t_n * kq),
+                                        ri.permute(1, 0, 2).reshape(e - s, t_n * kq), kq)
+            del d
+        return _gathered(idx, val, mx, kq, comm)
     ws_mask = _Workspace(device, torch.bool)
     seen = 0  # rows of this process's blocks so far: every later row's list holds that many pairs (full at kq)
     for s in mine:
@@ -245,6 +263,13 @@ def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, 
                 r = cols + e
                 val[r], idx[r] = _merge(val[r], idx[r], cv, ci, kq)
         del d
+    return _gathered(idx, val, mx, kq, comm)
+
+
+def _gathered(idx: torch.Tensor, val: torch.Tensor, mx: torch.Tensor, kq: int, comm
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-process lists [N, kq] and maxima [N] merged over the processes (exact in any order); as is without
+    ``comm``."""
     if comm is not None:
         vs, is_, ms = comm.all_gather(val), comm.all_gather(idx), comm.all_gather(mx)
         val, idx = torch.cat(vs, 1), torch.cat(is_, 1)
@@ -341,6 +366,9 @@ class Reranker:
     col_local: torch.Tensor  # [N] int64: the column's row in its bucket's table
     tab_row: list[torch.Tensor]  # per bucket [n_b, L_b] int32: gallery rows of a column, padded with 0
     tab_val: list[torch.Tensor]  # per bucket [n_b, L_b] float32: their V values, padded with 0.0
+    g_row: torch.Tensor | None = None  # [M_g] int32: the gallery lists by column unpadded (CSC by g_ptr; native)
+    g_val: torch.Tensor | None = None  # [M_g] float32: their V values
+    native: bool = False  # chunks by the CPU kernel (kernels/csrc/rerank_cpu.c): the same bits as the torch path
 
     @property
     def ng(self) -> int:
@@ -380,6 +408,18 @@ class Reranker:
         qr = torch.repeat_interleave(torch.arange(e - s, device=dev, dtype=itype),
                                      self.v_ptr[s + 1 : e + 1] - self.v_ptr[s:e])
         bk = self.col_bucket[qc]
+        if self.native:
+            # per row its entries by (bucket, column): the order in which the torch path below adds into each cell
+            # (i, j), so the same sums; summed row by row in C (a [G] row stays in cache, no [P, L] temporaries)
+            keep = torch.nonzero(bk >= 0).squeeze(1)
+            qrk = qr[keep].long()
+            order = keep[torch.argsort(qrk * len(self.tab_row) + bk[keep], stable=True)]
+            ptr = torch.zeros(e - s + 1, dtype=torch.int64)
+            ptr[1:] = torch.cumsum(torch.bincount(qrk, minlength=e - s), 0)
+            out = self.gallery_rows(s, e)
+            return rerank_cpu.jaccard_rows(out, ptr, qc[order].contiguous(), qv[order].contiguous(), self.g_ptr,
+                                           self.g_row, self.g_val, self.scale[s:e], self.lam,
+                                           torch.get_num_threads())
         order = torch.argsort(bk, stable=True)  # by bucket; within a bucket in entry order (rows, then columns)
         counts = torch.bincount(bk + 1, minlength=len(self.tab_row) + 1).tolist()
         m = torch.zeros((e - s) * ng, dtype=torch.float32, device=dev)
@@ -442,11 +482,11 @@ def bucket_tables(ptr: torch.Tensor, row: torch.Tensor, val: torch.Tensor
 
 
 def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
-            ) -> tuple[RowsFn, RowsFn, PairsFn, int, int, torch.device]:
+            ) -> tuple[RowsFn, RowsFn | None, RowsFn, PairsFn, int, int, torch.device, bool]:
     """(rows(s, e) -> [e-s, N] original distances of stacked rows, upper(s, e) -> [e-s, N-s] those to columns
     s.. (features only, else None), gallery_rows(s, e) -> [e-s, G] those of queries to the gallery (a tensor the
     caller may overwrite, valid until the next call),
-    pairs(i [P], j [P]) -> [P], nq, n, device)."""
+    pairs(i [P], j [P]) -> [P], nq, n, device, whether every upper() distance is finite)."""
     if probFea is not None and galFea is not None:
         q, g = (t.to(torch.float32) for t in _feature_pair(probFea, galFea))
         feat = _stacked(q, g)  # (read only: a view of the caller's buffer where that is one)
@@ -458,6 +498,9 @@ def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
             return (sq[s:e].expand(e - s, feat.shape[0]) + sq.t()).addmm_(feat[s:e], feat.t(), beta=1, alpha=-2)
 
         ws_upper = _Workspace(feat.device)
+        # every distance upper() returns is finite where the squared norms are finite and below 2^120:
+        # |a|^2 + |b|^2 + 2|a||b| < 2^122 (the CPU kernel's scan needs that; torch's top-k orders NaN / inf)
+        finite = bool(torch.isfinite(sq).all()) and (sq.numel() == 0 or float(sq.max()) < 2.0**120)
 
         def upper(s: int, e: int) -> torch.Tensor:
             # rows s..e-1 against columns s..N-1 only: the distance is symmetric, the rest came from earlier rows.
@@ -477,7 +520,7 @@ def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
                 out[s : s + 4096] = (sq[i[s : s + 4096], 0] + sq[j[s : s + 4096], 0]) - 2 * dot
             return out
 
-        return rows, upper, gallery_rows, pairs, nq, feat.shape[0], feat.device
+        return rows, upper, gallery_rows, pairs, nq, feat.shape[0], feat.device, finite
     if q_g_dist is not None and q_q_dist is not None and g_g_dist is not None:
         def dist(x, name):
             t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
@@ -514,29 +557,51 @@ def _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist  # noqa: N803
         def gallery_rows(s: int, e: int) -> torch.Tensor:
             return qg[s:e].clone()  # a copy: Reranker.chunk scales it in place (never the caller's matrix)
 
-        return rows, None, gallery_rows, pairs, nq, n, qg.device
+        return rows, None, gallery_rows, pairs, nq, n, qg.device, False
     raise ValueError("give probFea and galFea (features), or q_g_dist, q_q_dist and g_g_dist (distances)")
 
 
+RERANK_BACKENDS = ("auto", "native", "torch")
+
+
+def _native(backend: str, device: torch.device) -> bool:
+    """Whether to use the CPU kernels: "auto" where they are built and the data is on the CPU, "native" requires
+    both, "torch" never."""
+    if backend not in RERANK_BACKENDS:
+        raise ValueError(f"backend must be one of {RERANK_BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    ok = device.type == "cpu" and rerank_cpu.available()
+    if backend == "native" and not ok:
+        raise ValueError("backend='native' needs CPU tensors and the built CPU kernels (pip install -e . builds them; "
+                         "FASTCCREID_NO_NATIVE unset); use backend='torch' or 'auto'")
+    return ok
+
+
 def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
-                   q_g_dist=None, q_q_dist=None, g_g_dist=None, comm=None) -> Reranker:
+                   q_g_dist=None, q_q_dist=None, g_g_dist=None, comm=None, backend: str = "auto") -> Reranker:
     """The k-reciprocal encodings of the stacked query + gallery set, in O(N·k1) memory (arguments: ``re_ranking``).
     Iterate ``.chunks()`` for the re-ranked distances query chunk by query chunk.
 
     ``comm`` (``fastccreid.evaluation.sharded.Comm``: ``rank``, ``world``, ``gather_rows``): every process of the
     group passes the same whole inputs; the N x N neighbour search is split over the processes by row blocks and
     gathered, the rest (O(N·k1)) is computed on each, so every process holds the one-process Reranker, bit for bit.
+
+    ``backend``: one of ``RERANK_BACKENDS``; "native" runs the neighbour search's blocks and the chunks' Jaccard sums
+    by the CPU kernels (``fastccreid.kernels.rerank_cpu``, the torch path's numbers bit for bit), "torch" by torch
+    ops, "auto" (default) the kernels where they are built and the data is on the CPU.
     """
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
-    rows, upper, gallery_rows, pairs, nq, n, dev = _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist)
+    rows, upper, gallery_rows, pairs, nq, n, dev, finite = _inputs(probFea, galFea, q_g_dist, q_q_dist, g_g_dist)
     if nq == 0 or n == nq:
         raise ValueError("re-ranking needs a non-empty query set and gallery")
+    native = _native(backend, dev)
     kq = min(n, k1 + 1)
     if upper is not None:  # features: a symmetric distance, each pair computed once
-        knn, knn_d, rowmax = _neighbours_symmetric(upper, n, kq, dev, comm)
+        knn, knn_d, rowmax = _neighbours_symmetric(upper, n, kq, dev, comm, native and finite)
     else:  # given distance matrices (which need not be symmetric): whole rows
         knn, knn_d, rowmax = _neighbours(rows, n, kq, dev, comm)
     # the seed divides row i by the largest distance in column i of a symmetric matrix: the row's own maximum
@@ -583,7 +648,8 @@ def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_
     col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, gr[go], gval[go])
     return Reranker(nq=nq, n=n, lam=float(lambda_value), v_ptr=v_ptr, v_col=vc, v_val=vals, g_ptr=g_ptr,
                     scale=scale, gallery_rows=gallery_rows, col_bucket=col_bucket,
-                    col_local=col_local, tab_row=tab_row, tab_val=tab_val)
+                    col_local=col_local, tab_row=tab_row, tab_val=tab_val, g_row=gr[go].int(), g_val=gval[go],
+                    native=native and bool(torch.isfinite(vals).all()))  # (NaN: torch.minimum's propagation)
 
 
 def re_ranking(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,  # noqa: N803
