@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastccreid.kernels import rank_place_cpu
 from fastccreid.kernels.checks import JUNK_RULES
 from fastccreid.kernels.seed_distance import Scratch, gallery_cache, scratch, seed_normalize
 
@@ -270,15 +271,22 @@ def _col_index(gi: torch.Tensor, col0: int | torch.Tensor) -> torch.Tensor:
 
 
 def chunk_stats(dist: torch.Tensor, m: Matches, use_compile: bool = False,
-                ws: Scratch | None = None) -> tuple[torch.Tensor, ...]:
+                ws: Scratch | None = None, native: bool = False) -> tuple[torch.Tensor, ...]:
     """Exact stats for a chunk from its distances [C, G] (our own buffer: it is overwritten).
 
+    ``native``: the placement by the CPU kernel (``rank_place_cpu.place_rows``: the same histogram in one pass)
+    where it is built and dist is a contiguous CPU float32 chunk without NaN; else (and otherwise) ``place``.
     Returns first_rank [C], ap [C] float64, inp [C] float64, num_matches [C]."""
     ms_pad, ms, msidx, nmatch = sorted_matches(dist.gather(1, m.idx), m)
     # Same-pid entries (matches and junk) leave the non-match pool: +inf sorts after every real match.
     dist.scatter_(1, m.idx, torch.full((), math.inf, dtype=dist.dtype, device=dist.device).expand(m.idx.shape))
     hist = torch.zeros(dist.shape[0], ms.shape[1] + 2, dtype=torch.int64, device=dist.device)
-    place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
+    use_native = (native and dist.device.type == "cpu" and dist.dtype == torch.float32 and dist.is_contiguous()
+                  and rank_place_cpu.available())
+    if not use_native or not rank_place_cpu.place_rows(dist, ms.contiguous(), msidx.contiguous(), nmatch, hist,
+                                                       torch.get_num_threads()):
+        hist.zero_()  # (a NaN distance: the kernel stopped short of a full histogram)
+        place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
     return stats_from_hist(hist[:, : ms.shape[1]], nmatch)
 
 

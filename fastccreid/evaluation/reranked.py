@@ -68,7 +68,8 @@ def reranked_rank_stats(q: torch.Tensor, g: torch.Tensor, *, k1: int, k2: int, l
             for r0 in range(0, li.numel(), step):
                 r = slice(r0, r0 + step)
                 mr = Matches(idx=m.idx[r], is_match=m.is_match[r])
-                first[li[r]], ap[li[r]], inp[li[r]], nmatch[li[r]] = chunk_stats(dq[r], mr, ws=ws)
+                first[li[r]], ap[li[r]], inp[li[r]], nmatch[li[r]] = chunk_stats(dq[r], mr, ws=ws,
+                                                                                   native=rr.native)
         parts.append(finish_stats(first, ap, inp, nmatch))
         del d
     if not parts:  # (a process with no query chunk: more processes than chunks)
