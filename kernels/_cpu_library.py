@@ -20,7 +20,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {
     "scan_block": ([_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P], None),
     "jaccard_rows": ([_I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _F, _F, _P, _P], None),
-    "place_rows": ([_I, _I, _I, _P, _P, _P, _P, _I, _P, _I, _I, _P], ctypes.c_int64),
+    "place_rows": ([_I, _I, _I, _P, _P, _I, _P, _P, _P, _I, _P, _I, _I, _P], ctypes.c_int64),
 }
 
 _LIB: ctypes.CDLL | None = None

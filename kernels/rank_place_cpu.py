@@ -15,11 +15,12 @@ __all__ = ["available", "place_rows"]
 
 
 def place_rows(dist: torch.Tensor, ms: torch.Tensor, msidx: torch.Tensor, nmatch: torch.Tensor, hist: torch.Tensor,
-               threads: int) -> bool:
-    """Add into hist [C, >= Rmax + 2] (int64) each element of dist [C, G] (float32; column j is gallery item j;
-    matches and junk already +inf) at p = the matches of its row ranked before it: ms [C, Rmax] the row's match
-    distances ascending (ties by gallery index), msidx [C, Rmax] their gallery indices, nmatch [C] how many.
-    Returns False, with hist unspecified, where a distance is NaN (its place is not defined: use the torch path)."""
+               threads: int, col0: int | torch.Tensor = 0) -> None:
+    """Add into hist [C, >= Rmax + 2] (int64) each element of dist [C, T] (float32; matches and junk already +inf)
+    at p = the matches of its row ranked before it: ms [C, Rmax] the row's match distances ascending (ties by
+    gallery index), msidx [C, Rmax] their gallery indices, nmatch [C] how many. Column j is gallery item col0 + j,
+    or col0[j] where col0 is an int64 index map [T] (``rank_stats.place``'s convention).
+    ValueError where a distance is NaN (a NaN has no rank)."""
     lib = required()
     for t, dt, name in ((dist, torch.float32, "dist"), (ms, torch.float32, "ms"), (msidx, torch.int64, "msidx"),
                         (nmatch, torch.int64, "nmatch"), (hist, torch.int64, "hist")):
@@ -29,10 +30,21 @@ def place_rows(dist: torch.Tensor, ms: torch.Tensor, msidx: torch.Tensor, nmatch
     if hist.shape[0] != c or hist.shape[1] < rmax + 2 or ms.shape != msidx.shape or ms.shape[0] != c:
         raise ValueError(f"place_rows: shapes disagree: dist {tuple(dist.shape)}, ms {tuple(ms.shape)}, "
                          f"msidx {tuple(msidx.shape)}, hist {tuple(hist.shape)}")
+    cmap, off = 0, 0
+    if isinstance(col0, torch.Tensor):
+        check_cpu(col0, torch.int64, "col0")
+        if col0.shape != (g,):
+            raise ValueError(f"place_rows: col0 must be [{g}], got {tuple(col0.shape)}")
+        cmap = col0.data_ptr()
+    else:
+        off = int(col0)
     k = int(min(4096, max(256, 64 * rmax)))  # bins per row: few elements share a bin with a match
     t_n = max(1, min(threads, c))
     tables = torch.empty(t_n, k + 3, dtype=torch.int32)
     edges = [c * t // t_n for t in range(t_n + 1)]
-    parts = [(edges[t], edges[t + 1], g, dist.data_ptr(), ms.data_ptr(), msidx.data_ptr(), nmatch.data_ptr(), rmax,
-              hist.data_ptr(), hist.shape[1], k, tables[t].data_ptr()) for t in range(t_n)]
-    return sum(run_parts(lib.place_rows, parts)) == 0
+    parts = [(edges[t], edges[t + 1], g, dist.data_ptr(), cmap, off, ms.data_ptr(), msidx.data_ptr(),
+              nmatch.data_ptr(), rmax, hist.data_ptr(), hist.shape[1], k, tables[t].data_ptr()) for t in range(t_n)]
+    nans = sum(run_parts(lib.place_rows, parts))
+    if nans:
+        raise ValueError(f"the distances hold {nans} NaN value(s): a NaN has no rank (check the features or the "
+                         "distance matrix for NaN / inf)")

@@ -162,13 +162,21 @@ def _gid_fn(use_compile: bool):
 
 
 def place(dist: torch.Tensor, col0: int | torch.Tensor, ms_pad, ms, msidx, hist: torch.Tensor, nmatch: torch.Tensor,
-          use_compile: bool = False, ws: Scratch | None = None) -> None:
+          use_compile: bool = False, ws: Scratch | None = None, native: bool = False) -> None:
     """Add each non-match of a distance tile [C, T] (same-pid entries already +inf; column j is gallery item
     ``col0 + j``, or ``col0[j]`` when col0 is an index tensor [T]) to
     hist [C, Rmax+2] at p = number of matches ranked before it (ties: the match first iff its index is smaller).
 
     Wide tiles use a per-row lookup table over bins of [first match, last match]: a bin at least one bin away from
-    every match distance gives p directly; the few elements near a match distance are placed by binary search."""
+    every match distance gives p directly; the few elements near a match distance are placed by binary search.
+
+    ``native``: the compiled kernel (``rank_place_cpu.place_rows``: the same counts in one pass) where it is built
+    and dist is a contiguous CPU float32 tile; it refuses NaN distances with a ValueError."""
+    if (native and dist.device.type == "cpu" and dist.dtype == torch.float32 and dist.is_contiguous()
+            and rank_place_cpu.available()):
+        rank_place_cpu.place_rows(dist, ms.contiguous(), msidx.contiguous(), nmatch, hist, torch.get_num_threads(),
+                                  col0)
+        return
     c, t = dist.shape
     rmax = ms.shape[1]
     dev = dist.device
@@ -274,19 +282,13 @@ def chunk_stats(dist: torch.Tensor, m: Matches, use_compile: bool = False,
                 ws: Scratch | None = None, native: bool = False) -> tuple[torch.Tensor, ...]:
     """Exact stats for a chunk from its distances [C, G] (our own buffer: it is overwritten).
 
-    ``native``: the placement by the CPU kernel (``rank_place_cpu.place_rows``: the same histogram in one pass)
-    where it is built and dist is a contiguous CPU float32 chunk without NaN; else (and otherwise) ``place``.
+    ``native``: ``place`` by the compiled kernel where it can (see there).
     Returns first_rank [C], ap [C] float64, inp [C] float64, num_matches [C]."""
     ms_pad, ms, msidx, nmatch = sorted_matches(dist.gather(1, m.idx), m)
     # Same-pid entries (matches and junk) leave the non-match pool: +inf sorts after every real match.
     dist.scatter_(1, m.idx, torch.full((), math.inf, dtype=dist.dtype, device=dist.device).expand(m.idx.shape))
     hist = torch.zeros(dist.shape[0], ms.shape[1] + 2, dtype=torch.int64, device=dist.device)
-    use_native = (native and dist.device.type == "cpu" and dist.dtype == torch.float32 and dist.is_contiguous()
-                  and rank_place_cpu.available())
-    if not use_native or not rank_place_cpu.place_rows(dist, ms.contiguous(), msidx.contiguous(), nmatch, hist,
-                                                       torch.get_num_threads()):
-        hist.zero_()  # (a NaN distance: the kernel stopped short of a full histogram)
-        place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
+    place(dist, 0, ms_pad, ms, msidx, hist, nmatch, use_compile, ws, native)
     return stats_from_hist(hist[:, : ms.shape[1]], nmatch)
 
 

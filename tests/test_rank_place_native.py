@@ -68,7 +68,7 @@ def _brute(orig: torch.Tensor, m: Matches, rmax: int) -> np.ndarray:
 def test_place_rows_equals_a_stable_sort_and_torch(threads, kind, c, g, rmax):
     d, ms, msidx, nmatch, ms_pad, orig, m = _case(c + g, c, g, rmax, kind)
     got = torch.zeros(c, rmax + 2, dtype=torch.int64)
-    assert rank_place_cpu.place_rows(d, ms.contiguous(), msidx.contiguous(), nmatch, got, threads)
+    rank_place_cpu.place_rows(d, ms.contiguous(), msidx.contiguous(), nmatch, got, threads)
     want = torch.zeros_like(got)
     place(d.clone(), 0, ms_pad, ms, msidx, want, nmatch)
     live = np.arange(rmax + 2)[None, :] <= nmatch.numpy()[:, None]  # bins past a row's match count: unused
@@ -85,7 +85,26 @@ def test_nan_is_refused():
     d, ms, msidx, nmatch, *_ = _case(1, 4, 300, 5, "random")
     d[2, 17] = math.nan
     hist = torch.zeros(4, 7, dtype=torch.int64)
-    assert not rank_place_cpu.place_rows(d, ms.contiguous(), msidx.contiguous(), nmatch, hist, 2)
+    with pytest.raises(ValueError, match="1 NaN value"):
+        rank_place_cpu.place_rows(d, ms.contiguous(), msidx.contiguous(), nmatch, hist, 2)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_tiles_with_an_offset_or_an_index_map(mapped):
+    """A row placed tile by tile (column j of a tile is gallery item col0 + j, or col0[j] for a permuted gallery)
+    gives the whole row's histogram: the tie rule reads the mapped gallery index."""
+    d, ms, msidx, nmatch, *_ = _case(3, 6, 3000, 7, "ties")
+    want = torch.zeros(6, 9, dtype=torch.int64)
+    rank_place_cpu.place_rows(d, ms.contiguous(), msidx.contiguous(), nmatch, want, 1)
+    perm = torch.randperm(3000, generator=torch.Generator().manual_seed(0)) if mapped else torch.arange(3000)
+    dp = d[:, perm]  # the gallery in perm's order: column j is item perm[j]
+    got = torch.zeros_like(want)
+    for t0 in range(0, 3000, 700):
+        t1 = min(3000, t0 + 700)
+        col0 = perm[t0:t1] if mapped else t0
+        rank_place_cpu.place_rows(dp[:, t0:t1].contiguous(), ms.contiguous(), msidx.contiguous(), nmatch, got, 2,
+                                  col0)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("kind", ["random", "ties", "same"])
@@ -106,3 +125,49 @@ def test_bad_arguments():
         rank_place_cpu.place_rows(d.double(), ms, msidx, nmatch, torch.zeros(4, 7, dtype=torch.int64), 1)
     with pytest.raises(ValueError, match="shapes disagree"):
         rank_place_cpu.place_rows(d, ms, msidx, nmatch, torch.zeros(4, 6, dtype=torch.int64), 1)
+
+
+@pytest.mark.parametrize("protocol", ["market", "ltcc-cc", "celeb"])
+@pytest.mark.parametrize("feature_input", [True, False])
+def test_evaluate_auto_equals_torch(monkeypatch, protocol, feature_input):
+    """``evaluate`` with backend "auto" on CPU (the placement kernel) and "torch" (the torch ops): the same per-query
+    AP / INP bits and CMC, from features and from a float32 distance matrix, on ties (small-integer features)."""
+    from fastccreid.metrics import evaluate
+
+    gen = torch.Generator().manual_seed(len(protocol))
+    q, g = torch.randint(-2, 3, (25, 8), generator=gen).float(), torch.randint(-2, 3, (3000, 8), generator=gen).float()
+    lab = dict(q_pids=torch.randint(0, 30, (25,), generator=gen), g_pids=torch.randint(0, 30, (3000,), generator=gen),
+               q_camids=torch.randint(0, 3, (25,), generator=gen), g_camids=torch.randint(0, 3, (3000,), generator=gen),
+               q_clothes=torch.randint(0, 2, (25,), generator=gen),
+               g_clothes=torch.randint(0, 2, (3000,), generator=gen))
+    calls = []
+    real = rank_place_cpu.place_rows
+    monkeypatch.setattr(rank_place_cpu, "place_rows", lambda *a: calls.append(1) or real(*a))
+    inp = dict(qf=q, gf=g) if feature_input else dict(distmat=torch.cdist(q, g).pow(2))
+    a = evaluate(**inp, protocol=protocol, backend="torch", return_per_query=True, **lab)
+    assert not calls
+    b = evaluate(**inp, protocol=protocol, return_per_query=True, **lab)
+    assert calls
+    assert a.mAP == b.mAP and a.mINP == b.mINP and np.array_equal(a.cmc, b.cmc)
+    assert np.array_equal(a.all_AP, b.all_AP) and np.array_equal(a.all_INP, b.all_INP)
+
+
+@pytest.mark.parametrize("tile", [None, 500])
+def test_rank_stats_tiled_gallery_auto_equals_torch(monkeypatch, tile):
+    """The gallery streamed in pid-ordered tiles (each tile placed with its index map): "auto" and "torch" give the
+    same per-query stats bits."""
+    from fastccreid.kernels import rank_stats
+
+    gen = torch.Generator().manual_seed(9)
+    q, g = torch.randint(-2, 3, (40, 8), generator=gen).float(), torch.randint(-2, 3, (2600, 8), generator=gen).float()
+    lab = dict(q_pids=torch.randint(0, 20, (40,), generator=gen), g_pids=torch.randint(0, 20, (2600,), generator=gen),
+               q_camids=torch.zeros(40, dtype=torch.int64), g_camids=torch.randint(0, 3, (2600,), generator=gen))
+    calls = []
+    real = rank_place_cpu.place_rows
+    monkeypatch.setattr(rank_place_cpu, "place_rows", lambda *a: calls.append(1) or real(*a))
+    a = rank_stats(q, g, tile=tile, backend="torch", **lab)
+    assert not calls
+    b = rank_stats(q, g, tile=tile, **lab)
+    assert len(calls) >= (6 if tile else 1)
+    for f in ("first_rank", "ap", "inp", "num_matches", "valid"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f

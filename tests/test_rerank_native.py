@@ -154,3 +154,17 @@ def test_no_native_environment_falls_back(monkeypatch):
     monkeypatch.delenv("FASTCCREID_NO_NATIVE")
     b = evaluate(qf=q, gf=g, rerank=True, return_per_query=True, **lab)
     assert a.mAP == b.mAP and np.array_equal(a.all_AP, b.all_AP) and np.array_equal(a.cmc, b.cmc)
+
+
+def test_doctor_reports_the_kernels(monkeypatch):
+    """``fastccreid doctor`` compares them with the torch path, and says "skipped" (not "ok") where they are hidden."""
+    from fastccreid import doctor
+    from fastccreid.doctor import SkipCheck
+
+    ok, detail = doctor.native_rerank_check().fn()
+    assert ok and "identical" in detail
+    monkeypatch.setenv("FASTCCREID_NO_NATIVE", "1")
+    check = doctor.native_rerank_check()
+    assert check.name.endswith("(skipped)")
+    with pytest.raises(SkipCheck, match="not built"):
+        check.fn()

@@ -15,7 +15,8 @@ import torch
 
 from fastccreid.evaluation.gallery import TILE, Gallery, tiled_chunk_stats
 from fastccreid.evaluation.workspace import Workspace
-from fastccreid.kernels._backend import rank_stats_backend
+from fastccreid.kernels import rank_place_cpu
+from fastccreid.kernels._backend import env_backend, rank_stats_backend
 from fastccreid.kernels.checks import RANK_JUNK_RULES, check_choice, check_rank_inputs, require_finite
 from fastccreid.kernels.rank_stats import (
     METRICS,
@@ -72,6 +73,10 @@ def rank_stats(
     # backend="auto" keeps CUDA evaluation on the torch path until a GPU has measured both (kernels/_backend.py,
     # rank_stats_backend); fp64 stays on the torch path, in fp64
     use_triton = rank_stats_backend(backend, *tensors) == "triton"
+    # "auto" on CPU: the placement by the compiled kernel where it is built (kernels/rank_place_cpu.py: the same
+    # histogram, so the same bits, in one pass instead of five); an explicit "torch" keeps the torch ops
+    native = (not use_triton and device.type == "cpu" and backend != "torch" and env_backend() != "torch"
+              and rank_place_cpu.available())
     if use_triton and metric == "sqeuclidean":
         require_finite(g)
         from fastccreid.kernels._rank_stats_triton import rank_stats_launch, rank_stats_op
@@ -101,7 +106,7 @@ def rank_stats(
             qi = cand[s : s + rows]
             m = index.gather(lo[qi], cnt[qi], qc[qi] if qc is not None else None, gc,
                              qcl[qi] if qcl is not None else None, gcl, junk)
-            f, a, i, n = chunk_stats(dm[qi].clone(), m)  # our own buffer: the chunk routine overwrites it
+            f, a, i, n = chunk_stats(dm[qi].clone(), m, native=native)  # our own buffer: it is overwritten
             first[qi], ap[qi], inp[qi], nmatch[qi] = f, a, i, n
         return finish_stats(first, ap, inp, nmatch)
 
@@ -146,8 +151,8 @@ def rank_stats(
                 d = chunk_distance(qs, gal.rows(0, ng), metric, gal.cache(0, ng), lowp)
             if streamed:
                 d = from_sqeuclidean(d, metric)
-            f, a, i, n = chunk_stats(d, m, use_compile, ws)
+            f, a, i, n = chunk_stats(d, m, use_compile, ws, native=native)
         else:
-            f, a, i, n = tiled_chunk_stats(qs, gal, metric, m, lowp, use_compile, ws)
+            f, a, i, n = tiled_chunk_stats(qs, gal, metric, m, lowp, use_compile, ws, native)
         first[qi], ap[qi], inp[qi], nmatch[qi] = f, a, i, n
     return finish_stats(first, ap, inp, nmatch)

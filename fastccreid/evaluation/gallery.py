@@ -74,7 +74,7 @@ class Gallery:
 
 def tiled_chunk_stats(qs: torch.Tensor, gal: Gallery, metric: str, m: Matches,
                       lowp: torch.dtype | None = None, use_compile: bool = False,
-                      ws: Scratch | None = None) -> tuple[torch.Tensor, ...]:
+                      ws: Scratch | None = None, native: bool = False) -> tuple[torch.Tensor, ...]:
     """Stats of a pid-sorted query chunk [C, D] against a gallery streamed in pid-ordered tiles; only [C, tile]
     distance blocks are held (plus the few tiles holding the chunk's same-pid items, kept for reuse).
 
@@ -117,5 +117,5 @@ def tiled_chunk_stats(qs: torch.Tensor, gal: Gallery, metric: str, m: Matches,
         t0, t1, d = cached.pop(ti) if ti in cached else tile_dist(ti)
         inside = (pos >= t0) & (pos < t1)
         d[rows_same[inside], pos[inside] - t0] = math.inf  # same-pid entries leave the non-match pool
-        place(d, gal.perm[t0:t1], ms_pad, ms, msidx, hist, nmatch, use_compile, ws)
+        place(d, gal.perm[t0:t1], ms_pad, ms, msidx, hist, nmatch, use_compile, ws, native)
     return stats_from_hist(hist[:, : ms.shape[1]], nmatch)

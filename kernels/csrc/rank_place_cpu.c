@@ -44,13 +44,14 @@ static inline float bin_of(float x, float lo, float iw, float top) {
     return t < top ? t : top; /* (x above hi, and +inf) */
 }
 
-/* Rows [r0, r1) of dist [C, T] (row-major; column j is gallery item j; same-pid entries already +inf): counts into
- * hist [C, H] (H >= rmax + 2). ms / mi [C, rmax]: each row's match distances ascending (ties by gallery index),
- * padding after nm[i]; table: a scratch of k + 3 int32. Returns the number of NaN distances seen (their place is
- * not defined: the caller then discards hist and takes the torch path). */
-MULTIVERSION int64_t place_rows(int64_t r0, int64_t r1, int64_t T, const float *dist, const float *ms,
-                                const int64_t *mi, const int64_t *nm, int64_t rmax, int64_t *hist, int64_t H,
-                                int64_t k, int32_t *table) {
+/* Rows [r0, r1) of dist [C, T] (row-major; same-pid entries already +inf): counts into hist [C, H] (H >= rmax + 2).
+ * Column j is gallery item cmap[j] (cmap [T]: a tile of a permuted gallery), or col0 + j where cmap is NULL.
+ * ms / mi [C, rmax]: each row's match distances ascending (ties by gallery index), padding after nm[i]; table: a
+ * scratch of k + 3 int32. A row holding a NaN is left out of hist; returns how many NaN were seen (the caller
+ * refuses those: a NaN has no rank). */
+MULTIVERSION int64_t place_rows(int64_t r0, int64_t r1, int64_t T, const float *dist, const int64_t *cmap, int64_t col0,
+                                const float *ms, const int64_t *mi, const int64_t *nm, int64_t rmax, int64_t *hist,
+                                int64_t H, int64_t k, int32_t *table) {
     int64_t nans = 0;
     for (int64_t i = r0; i < r1; i++) {
         const float *x = dist + i * T;
@@ -71,7 +72,7 @@ MULTIVERSION int64_t place_rows(int64_t r0, int64_t r1, int64_t T, const float *
         float lo = m[0], hi = m[n - 1];
         float width = hi - lo;
         if (!isfinite(lo) || !isfinite(hi) || !isfinite(width)) {
-            for (int64_t j = 0; j < T; j++) h[exact_place(m, mx, n, x[j], j)]++;
+            for (int64_t j = 0; j < T; j++) h[exact_place(m, mx, n, x[j], cmap ? cmap[j] : col0 + j)]++;
             continue;
         }
         if (!(width > 0.0f)) width = fabsf(lo) > 1e-30f ? fabsf(lo) : 1e-30f;
@@ -91,7 +92,7 @@ MULTIVERSION int64_t place_rows(int64_t r0, int64_t r1, int64_t T, const float *
             if (p >= 0) {
                 h[p]++;
             } else {
-                h[exact_place(m, mx, n, x[j], j)]++;
+                h[exact_place(m, mx, n, x[j], cmap ? cmap[j] : col0 + j)]++;
             }
         }
     }
