@@ -26,6 +26,8 @@ SIGNATURES = {
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_SIZE = 0
 
 
 def library_path() -> Path | None:
@@ -67,11 +69,14 @@ def required() -> ctypes.CDLL:
 
 def run_parts(fn, parts: list[tuple]) -> list:
     """[fn(*args) for args in parts], on as many threads as there are parts (the GIL is released in the calls)."""
-    global _POOL
+    global _POOL, _POOL_PID, _POOL_SIZE
     if len(parts) == 1:
         return [fn(*parts[0])]
-    if _POOL is None or _POOL._max_workers < len(parts):
+    # a new pool in a forked child (the parent's worker threads do not exist there, yet the pool counts them as idle
+    # and would never run a task) and when more threads are asked for
+    if _POOL is None or _POOL_PID != os.getpid() or _POOL_SIZE < len(parts):
         _POOL = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="fastccreid-cpu")
+        _POOL_PID, _POOL_SIZE = os.getpid(), len(parts)
     return [f.result() for f in [_POOL.submit(fn, *a) for a in parts]]
 
 

@@ -168,3 +168,27 @@ def test_doctor_reports_the_kernels(monkeypatch):
     assert check.name.endswith("(skipped)")
     with pytest.raises(SkipCheck, match="not built"):
         check.fn()
+
+
+def test_threads_work_in_a_forked_child():
+    """The kernels' thread pool is made again in a forked child (the parent's threads are not there)."""
+    import multiprocessing as mp
+
+    from fastccreid.kernels import _cpu_library
+
+    d = torch.arange(12.0).view(3, 4)
+    import time
+
+    # the parent's pool with both threads started (two tasks at once) and idle again
+    _cpu_library.run_parts(lambda x: time.sleep(0.3), [(1,), (2,)])
+    time.sleep(0.1)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_fork_child, (d,)).get(timeout=30)  # (the parent's pool there: a hang)
+    assert got == [1, 2]
+
+
+def _fork_child(d):
+    from fastccreid.kernels import _cpu_library
+
+    return _cpu_library.run_parts(lambda x: x, [(1,), (2,)]) if d.numel() else []
