@@ -191,6 +191,11 @@ def place(dist: torch.Tensor, col0: int | torch.Tensor, ms_pad, ms, msidx, hist:
     hi = ms.gather(1, (nmatch - 1).clamp(min=0)[:, None])
     lo = torch.where(nmatch[:, None] > 0, lo, torch.zeros_like(lo))
     hi = torch.where(nmatch[:, None] > 0, hi, lo)
+    # rows whose match range is not finite (a +-inf match distance): finite stand-ins for the bins and every element
+    # undecided (the table below is all sentinel there), so placed exactly; else their bins would be NaN
+    open_rows = ~torch.isfinite(hi - lo)
+    lo = torch.where(open_rows, torch.zeros_like(lo), lo)
+    hi = torch.where(open_rows, torch.ones_like(hi), hi)
     width = torch.maximum(hi - lo, torch.maximum(lo.abs(), hi.abs()) * 1e-6).clamp(min=1e-30)
     iw = k / width
     c2 = 2.0 - lo * iw  # bins: lo -> 2, hi -> k + 2; below lo -> 0 or 1, above hi -> k + 3 or k + 4
@@ -205,7 +210,7 @@ def place(dist: torch.Tensor, col0: int | torch.Tensor, ms_pad, ms, msidx, hist:
     sentinel = c * (rmax + 2)
     row_off = (torch.arange(c, device=dev, dtype=torch.int32) * (rmax + 2))[:, None]
     # int32 table: a decided bin holds its global histogram bin, an undecided one the sentinel
-    table = (below + row_off).masked_fill_(near > 0, sentinel)
+    table = (below + row_off).masked_fill_((near > 0) | open_rows, sentinel)
     rb = max(4, _L2_BYTES // (16 * t))  # row blocks that stay in cache across the passes
     fn = _gid_fn(True) if use_compile else None
     # the eager passes write into three reused block buffers (fresh multi-MB temporaries per block would each pay

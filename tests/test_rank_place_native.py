@@ -107,11 +107,11 @@ def test_tiles_with_an_offset_or_an_index_map(mapped):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("kind", ["random", "ties", "same"])
+@pytest.mark.parametrize("kind", ["random", "ties", "same", "inf"])
 def test_chunk_stats_native_equals_torch(kind):
     """first rank, AP, INP and match counts of chunk_stats(native=True): the torch path's bits (NaN AP where a
-    row has no match, on both). (Not "inf": torch's lookup-table placement fails on an infinite match distance in
-    a wide row, an index error; the kernel places those rows by binary search, checked above.)"""
+    row has no match, on both), also with +-inf match distances in wide rows (torch's lookup-table placement
+    failed there with an index error before it placed such rows exactly)."""
     *_, orig, m = _case(5, 10, 2600, 8, kind)
     a = chunk_stats(orig.clone(), m)
     b = chunk_stats(orig.clone(), m, native=True)
