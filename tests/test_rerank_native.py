@@ -192,3 +192,19 @@ def _fork_child(d):
     from fastccreid.kernels import _cpu_library
 
     return _cpu_library.run_parts(lambda x: x, [(1,), (2,)]) if d.numel() else []
+
+
+def test_evaluate_backend_torch_keeps_torch_ops(monkeypatch):
+    """evaluate(rerank=True, backend="torch") runs no kernel; "auto" runs all three; the same stats bits."""
+    from fastccreid.kernels import rank_place_cpu
+
+    q, g, lab = _case("ties", seed=8)
+    calls = []
+    for mod, name in ((rerank_cpu, "scan_block"), (rerank_cpu, "jaccard_rows"), (rank_place_cpu, "place_rows")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    a = evaluate(qf=q, gf=g, rerank=True, backend="torch", return_per_query=True, **lab)
+    assert calls == []
+    b = evaluate(qf=q, gf=g, rerank=True, return_per_query=True, **lab)
+    assert {"scan_block", "jaccard_rows", "place_rows"} <= set(calls)
+    assert a.mAP == b.mAP and np.array_equal(a.all_AP, b.all_AP) and np.array_equal(a.cmc, b.cmc)

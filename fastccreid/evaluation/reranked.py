@@ -42,8 +42,9 @@ def reranked_rank_stats(q: torch.Tensor, g: torch.Tensor, *, k1: int, k2: int, l
 
     ``comm`` (``fastccreid.evaluation.sharded.Comm``): every process passes the same whole inputs and gets the
     whole result; the work is split over the processes."""
-    rank_stats_backend(backend, q)  # (a bad choice fails here; re-ranked chunks always take the torch path)
-    rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm)
+    rank_stats_backend(backend, q)  # (a bad choice fails here; re-ranked chunks never take the Triton path)
+    # "torch" keeps every step on torch ops; otherwise the CPU kernels where they apply (same bits either way)
+    rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm, backend="torch" if backend == "torch" else "auto")
     edges = rr.boundaries()  # a function of V: the same on every process
     nchunks = len(edges) - 1
     a, b = (0, nchunks) if comm is None else split_range(nchunks, comm.rank, comm.world)
