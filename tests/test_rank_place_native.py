@@ -171,3 +171,13 @@ def test_rank_stats_tiled_gallery_auto_equals_torch(monkeypatch, tile):
     assert len(calls) >= (6 if tile else 1)
     for f in ("first_rank", "ap", "inp", "num_matches", "valid"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_bench_placement_rows(monkeypatch):
+    """``fastccreid bench eval``'s placement rows: the kernel ("fast") and the torch placement, the same APs."""
+    from fastccreid.bench import eval as bench_eval
+
+    monkeypatch.setitem(bench_eval.CASES, "tiny", (30, 2500, 10))
+    rows = bench_eval.placement_case("tiny", repeats=1)
+    assert [r.path for r in rows] == ["fast", "torch-placement"]
+    assert rows[0].extra["same_ap"] and rows[0].extra["torch_over_kernel"] > 0

@@ -75,6 +75,31 @@ def run_case(name: str, with_reference: bool, repeats: int = 3, size: tuple[int,
     return rows
 
 
+def placement_case(name: str, repeats: int = 3) -> list[BenchRow]:
+    """``evaluate`` from features with the placement kernel (``backend="auto"`` on CPU: path "fast") and with the
+    torch placement (``backend="torch"``: path "torch-placement"), alternating in one process; medians. The same
+    numbers (``extra["same_ap"]``), so the ratio is the kernel's gain over the whole evaluation."""
+    from fastccreid.metrics import evaluate
+
+    nq, ng, nid = CASES[name]
+    (qf, qp, qc, _), (gf, gp, gc, _) = make_features(nq, ng, nid)
+    kw = dict(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, return_per_query=True)
+    evaluate(**{**kw, "qf": qf[:8], "q_pids": qp[:8], "q_camids": qc[:8]})  # warm-up outside the timing
+    times: dict[str, list[float]] = {"auto": [], "torch": []}
+    res = {}
+    for _ in range(repeats):
+        for backend in ("auto", "torch"):
+            t0 = time.perf_counter()
+            res[backend] = evaluate(**kw, backend=backend)
+            times[backend].append(time.perf_counter() - t0)
+    same = bool(np.array_equal(res["auto"].all_AP, res["torch"].all_AP))
+    t_auto, t_torch = (float(np.median(times[b])) for b in ("auto", "torch"))
+    extra = {"Q": nq, "G": ng, "D": D, "mAP": res["auto"].mAP, "same_ap": same, "torch_over_kernel": t_torch / t_auto}
+    case = f"{name} {nq}x{ng} placement"
+    return [BenchRow("eval", case, "fast", t_auto, nq / t_auto, peak_rss_bytes(), repeats, nq, extra),
+            BenchRow("eval", case, "torch-placement", t_torch, nq / t_torch, peak_rss_bytes(), repeats, nq, extra)]
+
+
 def mismatches_vs_fp64(stats, exact, ap_tol: float = 1e-6) -> dict[str, Any]:
     """How far one path's rank statistics are from the fp64 path's on the same features: queries whose first
     correct rank differs, APs off by more than ``ap_tol`` (and by more than 1e-9), and the largest AP difference."""
@@ -211,6 +236,7 @@ def run(quick: bool) -> list[BenchRow]:
     if quick:
         return rows
     rows += run_case("celeb", with_reference=True, repeats=2)
+    rows += placement_case("celeb")  # the placement kernel against the torch placement (CPU)
     rows += run_case("msmt17", with_reference=False, repeats=1)
     rows += run_sharded(2)
     return rows
