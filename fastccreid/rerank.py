@@ -7,6 +7,8 @@ computed once, half the N x N Gram, its block giving candidates to both of its r
 expansion and the encodings V are built with array operations over all N items at once (sorted pair keys
 ``i * N + j`` and binary search instead of per-item set operations), V is sparse (a few dozen entries per row), and
 the Jaccard term of a query chunk is summed over the pairs that share an encoded neighbour, restricted to the chunk.
+On CPU tensors the per-block passes of the neighbour search and the chunks' Jaccard sums run in compiled C
+(``fastccreid.kernels.rerank_cpu``, the same bits; ``backend=`` of ``build_reranker``).
 ``Reranker.chunks()`` yields the re-ranked distances [C, G] query chunk by query chunk: memory O(N·k1 + C·N), never
 Q×G (``fastccreid.metrics.evaluate(rerank=True)`` passes each chunk straight to the rank statistics);
 ``re_ranking`` concatenates the chunks into the dense [Q, G] for callers who want the matrix.
