@@ -110,6 +110,7 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
     no GPU needed): the same resolution function the ops call."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from fastccreid.kernels import rank_place_cpu
     from fastccreid.kernels._backend import (
         RANK_STATS_CUDA_AUTO_WHY,
         kernel_backend,
@@ -117,6 +118,7 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
         triton_available,
     )
 
+    placed_natively = rank_place_cpu.available()  # (float32 distances: what the placement kernel reads)
     rows = []
     for dev in devices:
         for dt in dtypes:
@@ -140,6 +142,8 @@ def backend_choices(devices: Sequence[str] = ("cpu", "cuda"),
                     backend, note = "torch", RANK_STATS_CUDA_AUTO_WHY
                 elif backend == "triton" and op in ("rank_stats", "topk_ranking"):
                     note = why + " (metric sqeuclidean; other metrics take the torch path)"
+                elif op == "rank_stats" and dev != "cuda" and not env and dt == torch.float32 and placed_natively:
+                    note = why + ", non-matches placed by the compiled CPU kernel (kernels/csrc, same bits)"
                 rows.append({"op": op, "device": dev, "dtype": str(dt).replace("torch.", ""), "backend": backend,
                              "why": note})
     return rows

@@ -161,13 +161,19 @@ def test_doctor_reports_the_kernels(monkeypatch):
     from fastccreid import doctor
     from fastccreid.doctor import SkipCheck
 
+    def cpu_rank_stats_note() -> str:
+        rows = doctor.backend_choices(devices=("cpu",), dtypes=(torch.float32,))
+        return next(r["why"] for r in rows if r["op"] == "rank_stats")
+
     ok, detail = doctor.native_rerank_check().fn()
     assert ok and "identical" in detail
+    assert "compiled CPU kernel" in cpu_rank_stats_note()
     monkeypatch.setenv("FASTCCREID_NO_NATIVE", "1")
     check = doctor.native_rerank_check()
     assert check.name.endswith("(skipped)")
     with pytest.raises(SkipCheck, match="not built"):
         check.fn()
+    assert "compiled CPU kernel" not in cpu_rank_stats_note()
 
 
 def test_threads_work_in_a_forked_child():
