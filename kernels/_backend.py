@@ -86,3 +86,11 @@ def rank_stats_backend(backend: str | None, *tensors: torch.Tensor) -> str:
     if chosen == "triton" and asked == "auto" and env_backend() == "auto":
         return RANK_STATS_CUDA_AUTO
     return chosen
+
+
+def torch_ops_requested(backend: str | None) -> bool:
+    """Whether the caller asked for the torch ops themselves: backend="torch", or "auto" with
+    FASTCCREID_BACKEND=torch. Then no compiled CPU kernel (``kernels/csrc``) stands in for them; under "auto"
+    they do where they are built (the same bits)."""
+    asked = "auto" if backend is None else backend
+    return asked == "torch" or (asked == "auto" and env_backend() == "torch")

@@ -16,7 +16,7 @@ import torch
 from fastccreid.evaluation.gallery import TILE, Gallery, tiled_chunk_stats
 from fastccreid.evaluation.workspace import Workspace
 from fastccreid.kernels import rank_place_cpu
-from fastccreid.kernels._backend import env_backend, rank_stats_backend
+from fastccreid.kernels._backend import rank_stats_backend, torch_ops_requested
 from fastccreid.kernels.checks import RANK_JUNK_RULES, check_choice, check_rank_inputs, require_finite
 from fastccreid.kernels.rank_stats import (
     METRICS,
@@ -75,8 +75,7 @@ def rank_stats(
     use_triton = rank_stats_backend(backend, *tensors) == "triton"
     # "auto" on CPU: the placement by the compiled kernel where it is built (kernels/rank_place_cpu.py: the same
     # histogram, so the same bits, in one pass instead of five); an explicit "torch" keeps the torch ops
-    native = (not use_triton and device.type == "cpu" and backend != "torch" and env_backend() != "torch"
-              and rank_place_cpu.available())
+    native = not use_triton and device.type == "cpu" and not torch_ops_requested(backend) and rank_place_cpu.available()
     if use_triton and metric == "sqeuclidean":
         require_finite(g)
         from fastccreid.kernels._rank_stats_triton import rank_stats_launch, rank_stats_op

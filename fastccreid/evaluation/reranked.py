@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from fastccreid.evaluation.workspace import Workspace
-from fastccreid.kernels._backend import rank_stats_backend
+from fastccreid.kernels._backend import rank_stats_backend, torch_ops_requested
 from fastccreid.kernels.rank_stats import Matches, PidIndex, RankStats, chunk_stats, finish_stats
 from fastccreid.rerank import build_reranker, split_range
 
@@ -44,7 +44,8 @@ def reranked_rank_stats(q: torch.Tensor, g: torch.Tensor, *, k1: int, k2: int, l
     whole result; the work is split over the processes."""
     rank_stats_backend(backend, q)  # (a bad choice fails here; re-ranked chunks never take the Triton path)
     # "torch" keeps every step on torch ops; otherwise the CPU kernels where they apply (same bits either way)
-    rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm, backend="torch" if backend == "torch" else "auto")
+    rr = build_reranker(q, g, k1, k2, lambda_value, comm=comm,
+                        backend="torch" if torch_ops_requested(backend) else "auto")
     edges = rr.boundaries()  # a function of V: the same on every process
     nchunks = len(edges) - 1
     a, b = (0, nchunks) if comm is None else split_range(nchunks, comm.rank, comm.world)
