@@ -285,14 +285,7 @@ def native_rerank_check() -> Check:
                    q_camids=torch.zeros(30, dtype=torch.int64), g_camids=torch.ones(200, dtype=torch.int64))
         a, b = build_reranker(q, g, backend="torch"), build_reranker(q, g, backend="native")
         same = torch.equal(torch.cat([c for *_, c in a.chunks()]), torch.cat([c for *_, c in b.chunks()]))
-        os.environ["FASTCCREID_NO_NATIVE"], prev = "1", os.environ.get("FASTCCREID_NO_NATIVE")
-        try:
-            ea = evaluate(qf=q, gf=g, normalize=False, rerank=True, **lab)
-        finally:
-            if prev is None:
-                del os.environ["FASTCCREID_NO_NATIVE"]
-            else:
-                os.environ["FASTCCREID_NO_NATIVE"] = prev
+        ea = evaluate(qf=q, gf=g, normalize=False, rerank=True, backend="torch", **lab)  # torch ops throughout
         eb = evaluate(qf=q, gf=g, normalize=False, rerank=True, **lab)
         ok = same and ea.mAP == eb.mAP and bool(np.array_equal(ea.cmc, eb.cmc))
         return ok, (f"re-ranked chunks {'identical' if same else 'DIFFER'}, mAP {eb.mAP:.6f} vs torch "

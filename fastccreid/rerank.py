@@ -220,10 +220,8 @@ def _neighbours_symmetric(upper: RowsFn, n: int, kq: int, device: torch.device, 
             e = min(n, s + chunk)
             d = upper(s, e)  # [e-s, N-s]
             rv, ri, rm = rerank_cpu.scan_block(d, s, kq, val, idx, thr, mx, threads)  # rows: one list per thread
-            mx[s:e] = torch.maximum(mx[s:e], rm.amax(0))
-            t_n = rv.shape[0]
-            val[s:e], idx[s:e] = _merge(val[s:e], idx[s:e], rv.permute(1, 0, 2).reshape(e - s, t_n * kq),
-                                        ri.permute(1, 0, 2).reshape(e - s, t_n * kq), kq)
+            mx[s:e] = torch.maximum(mx[s:e], rm)
+            val[s:e], idx[s:e] = _merge(val[s:e], idx[s:e], rv, ri, kq)
             del d
         return _gathered(idx, val, mx, kq, comm)
     ws_mask = _Workspace(device, torch.bool)
@@ -647,10 +645,11 @@ def build_reranker(probFea=None, galFea=None, k1: int = 20, k2: int = 6, lambda_
     go = torch.argsort(gcol, stable=True)  # by column, gallery rows ascending within a column
     g_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     g_ptr[1:] = torch.cumsum(torch.bincount(gcol, minlength=n), 0)
-    col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, gr[go], gval[go])
+    g_row, g_val = gr[go], gval[go]  # the gallery part of V by column (CSC by g_ptr)
+    col_bucket, col_local, tab_row, tab_val = bucket_tables(g_ptr, g_row, g_val)
     return Reranker(nq=nq, n=n, lam=float(lambda_value), v_ptr=v_ptr, v_col=vc, v_val=vals, g_ptr=g_ptr,
                     scale=scale, gallery_rows=gallery_rows, col_bucket=col_bucket,
-                    col_local=col_local, tab_row=tab_row, tab_val=tab_val, g_row=gr[go].int(), g_val=gval[go],
+                    col_local=col_local, tab_row=tab_row, tab_val=tab_val, g_row=g_row.int(), g_val=g_val,
                     native=native and bool(torch.isfinite(vals).all()))  # (NaN: torch.minimum's propagation)
 
 

@@ -12,11 +12,9 @@ import torch
 
 from fastccreid.kernels._cpu_library import available, check_cpu, library_path, required, run_parts
 
+_ptr = torch.Tensor.data_ptr
+
 __all__ = ["available", "jaccard_rows", "library_path", "scan_block"]
-
-
-def _addr(t: torch.Tensor) -> int:
-    return t.data_ptr()
 
 
 def scan_block(d: torch.Tensor, s: int, kq: int, cval: torch.Tensor, cidx: torch.Tensor, cthr: torch.Tensor,
@@ -25,8 +23,9 @@ def scan_block(d: torch.Tensor, s: int, kq: int, cval: torch.Tensor, cidx: torch
 
     Updates in place, for the columns j >= s + R (their transposed candidates among rows s..s+R-1): the running
     lists cval / cidx [N, kq] (sorted by (distance, index)), their last values cthr [N] and maxima cmax [N].
-    Returns the rows' own candidates over the block: (values [T, R, kq], indices [T, R, kq], maxima [T, R]), one
-    list per thread's column range, each sorted by (distance, index) and padded with (inf, -1); merge them."""
+    Returns the rows' own candidates over the block: (values [R, T * kq], indices [R, T * kq], maxima [R]), per row
+    the T threads' lists (one per column range, each sorted by (distance, index), padded with (inf, -1)) side by side
+    for an exact merge, and the row maxima."""
     lib = required()
     r, w = d.shape
     if d.stride(1) != 1:
@@ -39,10 +38,10 @@ def scan_block(d: torch.Tensor, s: int, kq: int, cval: torch.Tensor, cidx: torch
     ri = torch.full((t_n, r, kq), -1, dtype=torch.int64)
     rm = torch.full((t_n, r), float("-inf"), dtype=torch.float32)
     edges = [w * t // t_n for t in range(t_n + 1)]
-    parts = [(_addr(d), r, d.stride(0), edges[t], edges[t + 1], s, kq, _addr(rv[t]), _addr(ri[t]), _addr(rm[t]),
-              _addr(cval), _addr(cidx), _addr(cthr), _addr(cmax)) for t in range(t_n)]
+    parts = [(_ptr(d), r, d.stride(0), edges[t], edges[t + 1], s, kq, _ptr(rv[t]), _ptr(ri[t]), _ptr(rm[t]),
+              _ptr(cval), _ptr(cidx), _ptr(cthr), _ptr(cmax)) for t in range(t_n)]
     run_parts(lib.scan_block, parts)
-    return rv, ri, rm
+    return rv.permute(1, 0, 2).reshape(r, t_n * kq), ri.permute(1, 0, 2).reshape(r, t_n * kq), rm.amax(0)
 
 
 def jaccard_rows(out: torch.Tensor, ent_ptr: torch.Tensor, ent_col: torch.Tensor, ent_val: torch.Tensor,
@@ -63,8 +62,8 @@ def jaccard_rows(out: torch.Tensor, ent_ptr: torch.Tensor, ent_col: torch.Tensor
     scratch = torch.empty(t_n, g, dtype=torch.float32)
     edges = [c * t // t_n for t in range(t_n + 1)]
     # (float32 scalars as torch's in-place mul_ by a Python float rounds them: lam, and 1 - lam computed in double)
-    shared = (_addr(ent_ptr), _addr(ent_col), _addr(ent_val), _addr(g_ptr), _addr(g_row), _addr(g_val), _addr(scale),
-              float(lam), float(1 - lam), _addr(out))
-    parts = [(edges[t], edges[t + 1], g, *shared, _addr(scratch[t])) for t in range(t_n)]
+    shared = (_ptr(ent_ptr), _ptr(ent_col), _ptr(ent_val), _ptr(g_ptr), _ptr(g_row), _ptr(g_val), _ptr(scale),
+              float(lam), float(1 - lam), _ptr(out))
+    parts = [(edges[t], edges[t + 1], g, *shared, _ptr(scratch[t])) for t in range(t_n)]
     run_parts(lib.jaccard_rows, parts)
     return out

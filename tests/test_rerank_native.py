@@ -46,10 +46,8 @@ def test_scan_blocks_equal_a_full_sort(threads, kq):
     mx = torch.full((n,), -inf)
     for s, e in [(0, 37), (37, 38), (38, 100), (100, 149), (149, 150)]:
         rv, ri, rm = rerank_cpu.scan_block(d[s:e, s:].contiguous(), s, kq, val, idx, thr, mx, threads)
-        mx[s:e] = torch.maximum(mx[s:e], rm.amax(0))
-        t_n = rv.shape[0]
-        val[s:e], idx[s:e] = rerank_mod._merge(val[s:e], idx[s:e], rv.permute(1, 0, 2).reshape(e - s, t_n * kq),
-                                               ri.permute(1, 0, 2).reshape(e - s, t_n * kq), kq)
+        mx[s:e] = torch.maximum(mx[s:e], rm)
+        val[s:e], idx[s:e] = rerank_mod._merge(val[s:e], idx[s:e], rv, ri, kq)
         np.testing.assert_array_equal(thr[e:].numpy(), val[e:, kq - 1].numpy())  # the contiguous copy kept up
     want_i, want_v = _brute(d.numpy(), kq)
     np.testing.assert_array_equal(idx.numpy(), want_i)
@@ -68,12 +66,11 @@ def test_scan_block_reads_a_strided_block():
     val, idx = torch.full((40, kq), float("inf")), torch.full((40, kq), -1, dtype=torch.int64)
     thr, mx = torch.full((40,), float("inf")), torch.full((40,), float("-inf"))
     rv, ri, rm = rerank_cpu.scan_block(wide[:, :40], 0, kq, val, idx, thr, mx, 2)
-    got_v, got_i = rerank_mod._merge(val, idx, rv.permute(1, 0, 2).reshape(40, -1),
-                                     ri.permute(1, 0, 2).reshape(40, -1), kq)
+    got_v, got_i = rerank_mod._merge(val, idx, rv, ri, kq)
     want_i, want_v = _brute(d.numpy(), kq)
     np.testing.assert_array_equal(got_i.numpy(), want_i)
     np.testing.assert_array_equal(got_v.numpy(), want_v)
-    np.testing.assert_array_equal(rm.amax(0).numpy(), d.numpy().max(1))
+    np.testing.assert_array_equal(rm.numpy(), d.numpy().max(1))
 
 
 def _same(a, b) -> None:
@@ -211,6 +208,10 @@ def test_evaluate_backend_torch_keeps_torch_ops(monkeypatch):
         monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
     a = evaluate(qf=q, gf=g, rerank=True, backend="torch", return_per_query=True, **lab)
     assert calls == []
+    monkeypatch.setenv("FASTCCREID_BACKEND", "torch")  # the same through the environment's choice
+    evaluate(qf=q, gf=g, rerank=True, return_per_query=True, **lab)
+    assert calls == []
+    monkeypatch.delenv("FASTCCREID_BACKEND")
     b = evaluate(qf=q, gf=g, rerank=True, return_per_query=True, **lab)
     assert {"scan_block", "jaccard_rows", "place_rows"} <= set(calls)
     assert a.mAP == b.mAP and np.array_equal(a.all_AP, b.all_AP) and np.array_equal(a.cmc, b.cmc)
