@@ -272,8 +272,9 @@ def native_rerank_check() -> Check:
 
     name = "cpu re-ranking kernels (native) vs torch path"
     if not rerank_cpu.available():
-        return skipped_check(name, "the compiled CPU kernels are not built (no C compiler at install, or "
-                                   "FASTCCREID_NO_NATIVE=1): re-ranking takes the torch path")
+        return skipped_check(name, "the compiled CPU kernels are not built (this checkout was not pip-installed, "
+                                   "the install found no C compiler, or FASTCCREID_NO_NATIVE=1 hides them): "
+                                   "re-ranking and the rank placement take the torch path")
 
     def fn() -> tuple[bool, str]:
         from fastccreid.metrics import evaluate
